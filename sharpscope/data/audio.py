@@ -1,0 +1,165 @@
+"""Audio decoding and batching.
+
+Decoding uses soundfile (libsndfile); multi-channel audio is averaged to mono and resampled to 16 kHz with
+soxr (high quality).  Two crop policies:
+
+* ``first`` -- the reference behaviour of AASIST / SSL_Anti-spoofing / SAM-AntiSpoofing evaluation: the first
+  64,600 samples (~4 s); shorter clips are tiled (repeated) up to that length.
+* ``full`` -- whole utterances; batches are formed from utterances of similar length and zero-padded
+  (``Batch.lengths`` holds the true lengths).
+
+The policy is part of every result's settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import AudioError
+
+SAMPLE_RATE = 16_000
+NB_SAMP = 64_600
+CROPS = ("first", "full")
+
+
+@dataclass
+class Batch:
+    """A batch of waveforms.
+
+    ``labels`` index the logit order ``[spoof, bonafide]``: 1 = bona fide, 0 = spoof (-1 = unknown).
+    """
+
+    wave: torch.Tensor  # [B, T] float32
+    labels: torch.Tensor  # [B] int64
+    utt_ids: list[str]
+    lengths: torch.Tensor | None = None  # [B] true lengths for crop "full"
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.wave.to(device),
+            self.labels.to(device),
+            self.utt_ids,
+            None if self.lengths is None else self.lengths.to(device),
+            self.meta,
+        )
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, row: int | str | None = None) -> np.ndarray:
+    """Decode ``path`` to a mono float32 array at ``sample_rate``.
+
+    Raises :class:`AudioError` naming the file (and manifest row, when given) if it is missing, empty or
+    cannot be decoded.
+    """
+    import soundfile as sf
+
+    where = f"{path}" + (f" (manifest row {row})" if row is not None else "")
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"audio file not found: {where}; fix the path in the manifest or the --root")
+    try:
+        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AudioError(f"cannot decode audio {where}: {msg}; re-encode it as WAV/FLAC") from None
+    if data.size == 0:
+        raise AudioError(f"empty audio file {where}: it holds no samples; remove the row or replace the file")
+    x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if sr != sample_rate:
+        import soxr
+
+        x = soxr.resample(x, sr, sample_rate, quality="HQ").astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise AudioError(f"audio {where} contains NaN/inf samples; replace the file")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def crop_first(x: np.ndarray, n: int = NB_SAMP) -> np.ndarray:
+    """First ``n`` samples; shorter clips are tiled to length ``n`` (reference ``pad`` behaviour)."""
+    if len(x) >= n:
+        return x[:n]
+    reps = n // len(x) + 1
+    return np.tile(x, reps)[:n]
+
+
+def _label_index(label: str) -> int:
+    return {"bonafide": 1, "spoof": 0}.get(label, -1)
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted by length, stable), for crop ``full``."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class AudioCache:
+    """In-memory cache of decoded (and cropped) waveforms keyed by (path, crop).
+
+    The sweep decodes each test set once and shares it across checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, str, int], np.ndarray] = {}
+
+    def get(self, path: str, crop: str, nb_samp: int = NB_SAMP, row: int | str | None = None) -> np.ndarray:
+        key = (str(path), crop, nb_samp)
+        hit = self._store.get(key)
+        if hit is None:
+            x = load_audio(path, row=row)
+            hit = crop_first(x, nb_samp) if crop == "first" else x
+            self._store[key] = hit
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def iter_batches(
+    manifest,
+    batch_size: int = 32,
+    crop: str = "first",
+    nb_samp: int = NB_SAMP,
+    cache: AudioCache | None = None,
+    order: Sequence[int] | None = None,
+) -> Iterator[Batch]:
+    """Yield :class:`Batch` es from a manifest DataFrame (columns ``utt_id, path, label``).
+
+    ``order`` -- row positions in the order to batch them (default: manifest order).  With crop ``full`` the
+    rows are additionally grouped by length so padding is small.
+    """
+    if crop not in CROPS:
+        raise AudioError(f"unknown crop policy {crop!r}; use one of {', '.join(CROPS)}")
+    cache = cache if cache is not None else AudioCache()
+    paths = manifest["path"].astype(str).tolist()
+    ids = manifest["utt_id"].astype(str).tolist()
+    labels = [_label_index(str(v)) for v in manifest["label"]]
+    positions = list(range(len(paths))) if order is None else list(order)
+
+    if crop == "first":
+        groups = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+    else:
+        waves_len = [len(cache.get(paths[i], "full", row=i + 1)) for i in positions]
+        groups = [[positions[j] for j in g] for g in length_buckets(waves_len, batch_size)]
+
+    for g in groups:
+        waves = [cache.get(paths[i], crop, nb_samp, row=i + 1) for i in g]
+        lens = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        T = int(lens.max())
+        buf = np.zeros((len(g), T), dtype=np.float32)
+        for k, w in enumerate(waves):
+            buf[k, : len(w)] = w
+        yield Batch(
+            wave=torch.from_numpy(buf),
+            labels=torch.tensor([labels[i] for i in g], dtype=torch.long),
+            utt_ids=[ids[i] for i in g],
+            lengths=lens if crop == "full" else None,
+            meta={"rows": list(g), "crop": crop},
+        )

@@ -1,0 +1,56 @@
+"""Architecture registry: one name -> one builder.
+
+Every sharpscope model maps a batch of 16 kHz waveforms ``[B, T]`` to logits ``[B, 2]`` ordered
+``[spoof, bonafide]`` (the order of AASIST and SSL_Anti-spoofing); the score is the bona-fide logit.
+A new architecture is one builder function plus one line in ``ARCHS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..errors import CheckpointError
+
+
+def _aasist(**cfg: Any) -> nn.Module:
+    from .aasist import build_aasist
+
+    return build_aasist("aasist", **cfg)
+
+
+def _aasist_l(**cfg: Any) -> nn.Module:
+    from .aasist import build_aasist
+
+    return build_aasist("aasist-l", **cfg)
+
+
+def _ssl_aasist(**cfg: Any) -> nn.Module:
+    from .ssl import build_ssl_model
+
+    return build_ssl_model(head="aasist", **cfg)
+
+
+def _ssl_linear(**cfg: Any) -> nn.Module:
+    from .ssl import build_ssl_model
+
+    return build_ssl_model(head="linear", **cfg)
+
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "aasist": _aasist,
+    "aasist-l": _aasist_l,
+    "ssl-aasist": _ssl_aasist,
+    "ssl-linear": _ssl_linear,
+}
+
+
+def build_model(arch: str, **cfg: Any) -> nn.Module:
+    """Build an untrained model of architecture ``arch`` (see :data:`ARCHS`)."""
+    try:
+        builder = ARCHS[arch]
+    except KeyError:
+        raise CheckpointError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}") from None
+    return builder(**cfg)
