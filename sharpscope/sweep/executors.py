@@ -1,0 +1,158 @@
+"""Executors: where cells run.  All three write the same cell files, so they produce identical tables.
+
+* ``local`` -- in this process, one cell after another (audio cache and model shared between cells).
+* ``ray`` -- each cell a Ray task with its CPU/GPU needs; ``ray.init()`` locally, or an existing cluster
+  through ``address`` (e.g. ``ray://head:10001`` or ``auto``).
+* ``slurm`` -- each cell a submitit job (``cluster="slurm"``); ``cluster="local"`` runs the same jobs as local
+  subprocesses (submitit's LocalExecutor), which is how it is tested without a cluster.
+
+Remote workers write their own cell file atomically; the driver only merges.  Every cell runs with an explicit
+thread count so floating-point results do not depend on where it ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SharpscopeError
+from .plan import Cell
+from .store import ResultStore
+
+EXECUTORS = ("local", "ray", "slurm")
+
+
+@dataclass
+class ExecOptions:
+    workers: int = 1
+    num_threads: int = 1
+    ray_address: str | None = None
+    slurm_cluster: str = "slurm"  # or "local" / "debug"
+    slurm_partition: str | None = None
+    slurm_timeout_min: int = 240
+    gpus_per_cell: int = 0
+    progress: bool = False
+
+
+def execute_cell(cell_dict: dict[str, Any], root: str, num_threads: int) -> str:
+    """Run one cell and write its file; importable entry point for remote workers."""
+    from .runner import run_cell
+
+    cell = Cell.from_dict(cell_dict)
+    rows = run_cell(cell, num_threads=num_threads)
+    ResultStore(root).write_cell(cell.cell_id, cell.key, rows)
+    return cell.cell_id
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    store: ResultStore,
+    executor: str = "local",
+    opts: ExecOptions | None = None,
+    on_done: Callable[[Cell, int, int], None] | None = None,
+    on_start: Callable[[Cell], None] | None = None,
+) -> list[str]:
+    """Run ``cells`` (already filtered to the unfinished ones) with ``executor``; return finished cell ids."""
+    opts = opts or ExecOptions()
+    if executor not in EXECUTORS:
+        raise SharpscopeError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if not cells:
+        return []
+    if executor == "local":
+        return _run_local(cells, store, opts, on_done, on_start)
+    if executor == "ray":
+        return _run_ray(cells, store, opts, on_done)
+    return _run_submitit(cells, store, opts, on_done)
+
+
+def _run_local(cells, store, opts, on_done, on_start) -> list[str]:
+    from .runner import run_cell
+
+    done = []
+    for i, cell in enumerate(cells, 1):
+        if on_start:
+            on_start(cell)
+        rows = run_cell(cell, num_threads=opts.num_threads, progress=opts.progress)
+        store.write_cell(cell.cell_id, cell.key, rows)
+        done.append(cell.cell_id)
+        if on_done:
+            on_done(cell, i, len(cells))
+    return done
+
+
+def _run_ray(cells, store, opts, on_done) -> list[str]:
+    try:
+        import ray
+    except ImportError:
+        raise SharpscopeError("executor ray needs Ray: pip install 'sharpscope[dist]'") from None
+    started_here = False
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+        if opts.ray_address:
+            kw["address"] = opts.ray_address
+        else:
+            kw["num_cpus"] = max(1, opts.workers) * max(1, opts.num_threads)
+        # Workers must import sharpscope from this tree even when it is not installed.
+        root_pkg = str(Path(__file__).resolve().parents[2])
+        kw["runtime_env"] = {"env_vars": {"PYTHONPATH": root_pkg}}
+        ray.init(**kw)
+        started_here = True
+    try:
+        remote = ray.remote(num_cpus=max(1, opts.num_threads), num_gpus=opts.gpus_per_cell, max_retries=1)(
+            execute_cell
+        )
+        pending = {remote.remote(c.to_dict(), str(store.root), opts.num_threads): c for c in cells}
+        done = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                cell = pending.pop(ref)
+                try:
+                    done.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), SharpscopeError) else None
+                    if cause is not None:
+                        raise cause from None
+                    raise
+                if on_done:
+                    on_done(cell, len(done), len(cells))
+        return done
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _run_submitit(cells, store, opts, on_done) -> list[str]:
+    try:
+        import submitit
+    except ImportError:
+        raise SharpscopeError("executor slurm needs submitit: pip install 'sharpscope[dist]'") from None
+    folder = store.root / "submitit"
+    ex = submitit.AutoExecutor(
+        folder=str(folder), cluster=None if opts.slurm_cluster == "slurm" else opts.slurm_cluster
+    )
+    params: dict[str, Any] = {"timeout_min": opts.slurm_timeout_min, "cpus_per_task": opts.num_threads}
+    if opts.slurm_cluster == "slurm":
+        params["slurm_array_parallelism"] = max(1, opts.workers)
+        if opts.slurm_partition:
+            params["slurm_partition"] = opts.slurm_partition
+        if opts.gpus_per_cell:
+            params["gpus_per_node"] = opts.gpus_per_cell
+    ex.update_parameters(**params)
+    jobs = []
+    with ex.batch():
+        for c in cells:
+            jobs.append(ex.submit(execute_cell, c.to_dict(), str(store.root), opts.num_threads))
+    done = []
+    for job, cell in zip(jobs, cells, strict=True):
+        try:
+            done.append(job.result())
+        except Exception as exc:  # submitit wraps remote failures; surface the first line
+            msg = str(exc).strip().splitlines()
+            tail = next((line for line in reversed(msg) if "Error" in line), msg[-1] if msg else repr(exc))
+            raise SharpscopeError(f"cell {cell.describe()} failed on the slurm executor: {tail}") from None
+        if on_done:
+            on_done(cell, len(done), len(cells))
+    return done

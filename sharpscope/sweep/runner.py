@@ -1,0 +1,200 @@
+"""Execute one cell: scores + metrics + every requested measure, into tidy rows.
+
+Per cell: the evaluation set's rows are selected (subset ids are explicit), the audio is decoded through a
+process-wide :class:`~sharpscope.data.audio.AudioCache` (shared by all checkpoints on the same test set), the
+checkpoint is loaded once, and
+
+* when an m-sharpness-style measure is requested, its clean forward pass also yields the scores (one pass
+  for both, :func:`sharpscope.sharpness.runner.score_and_sharpness`); otherwise a plain scoring pass runs;
+* EER (with bootstrap CI), minDCF, actDCF and Cllr are computed once;
+* every measure × seed is estimated on the same batches.
+
+One row per (measure, rho, loss, seed) carries the cell's metrics, checkpoint metadata (``meta_*``) and
+provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..data.audio import AudioCache
+from ..provenance import package_versions, provenance
+from .plan import Cell, load_manifest_cached
+
+_AUDIO_CACHE = AudioCache()
+_MODEL_CACHE: dict[tuple, Any] = {}
+
+
+def _model(cell: Cell):
+    from ..models.checkpoints import load_checkpoint
+
+    key = (
+        cell.checkpoint.path,
+        cell.ckpt_stat,
+        cell.checkpoint.arch,
+        json.dumps(cell.checkpoint.model_config, sort_keys=True),
+    )
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # keep one model in memory
+        _MODEL_CACHE[key] = load_checkpoint(
+            cell.checkpoint.path,
+            cell.checkpoint.arch,
+            model_cfg=cell.checkpoint.model_config or None,
+            trust_checkpoint=cell.trust_checkpoint,
+            device=cell.device,
+        )
+    return _MODEL_CACHE[key]
+
+
+def cell_rows_df(cell: Cell) -> pd.DataFrame:
+    df = load_manifest_cached(cell.evalset.manifest)
+    if cell.evalset.utt_ids is not None:
+        from ..data.subsets import SubsetStep, select
+
+        step = SubsetStep(cell.evalset.subset, 0, cell.evalset.subset_groups, cell.evalset.utt_ids, 0, 0)
+        df = select(df, step)
+    return df.reset_index(drop=True)
+
+
+def _nan_to_none(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Compute every row of ``cell`` (pure with respect to the store: the caller writes the rows)."""
+    from ..metrics import evaluate
+    from ..scoring import score_manifest
+    from ..sharpness.base import make_loss
+    from ..sharpness.registry import make_estimator
+    from ..sharpness.runner import ManifestBatches, score_and_sharpness
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    t0 = time.perf_counter()
+    df = cell_rows_df(cell)
+    loaded = _model(cell)
+    model = loaded.model
+    sc = cell.scoring
+    batches = ManifestBatches(
+        df,
+        batch_size=int(sc["batch_size"]),
+        crop=str(sc["crop"]),
+        nb_samp=int(sc["nb_samp"]),
+        cache=_AUDIO_CACHE,
+        device=cell.device,
+    )
+
+    results: list[tuple[Any, int, Any]] = []  # (measure spec, seed, SharpnessResult)
+    scores: pd.DataFrame | None = None
+    for m in cell.measures:
+        for seed in cell.seeds:
+            est = make_estimator(m.name, seed=seed, **m.settings)
+            loss = make_loss(m.loss)
+            if scores is None and getattr(est, "shares_clean_pass", False):
+                scores, res = score_and_sharpness(
+                    model, batches, est, loss, score=str(sc["score"]), progress=progress
+                )
+            else:
+                res = est.estimate(model, batches, loss)
+            results.append((m, seed, res))
+    if scores is None:
+        scores = score_manifest(
+            model,
+            df,
+            batch_size=int(sc["batch_size"]),
+            crop=str(sc["crop"]),
+            score=str(sc["score"]),
+            device=cell.device,
+            cache=_AUDIO_CACHE,
+            progress=progress,
+            nb_samp=int(sc["nb_samp"]),
+        )
+    metrics = evaluate(scores, seed=cell.seeds[0] if cell.seeds else 0)
+    wall = time.perf_counter() - t0
+
+    base = _base_row(cell, loaded, metrics, wall, num_threads)
+    rows: list[dict[str, Any]] = []
+    if not results:
+        rows.append(
+            {
+                **base,
+                "measure": "none",
+                "loss": None,
+                "rho": None,
+                "seed": cell.seeds[0] if cell.seeds else 0,
+                "value": None,
+                "stderr": None,
+                "ci_lo": None,
+                "ci_hi": None,
+            }
+        )
+    for m, seed, res in results:
+        row = {
+            **base,
+            "measure": m.name,
+            "loss": m.loss,
+            "rho": m.rho,
+            "seed": seed,
+            "value": _nan_to_none(float(res.value)),
+            "stderr": _nan_to_none(float(res.stderr)),
+            "ci_lo": _nan_to_none(float(res.ci95[0])),
+            "ci_hi": _nan_to_none(float(res.ci95[1])),
+            "n_utts": res.n_utts,
+            "n_batches": res.n_batches,
+            "n_nonfinite": res.n_nonfinite,
+            "cost_forward": res.cost.get("forward", 0),
+            "cost_backward": res.cost.get("backward", 0),
+            "cost_hvp": res.cost.get("hvp", 0),
+            "measure_key": m.key,
+            "measure_settings": json.dumps(res.settings, sort_keys=True, default=str),
+            "extra": json.dumps(res.extra, sort_keys=True, default=str) if res.extra else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def _base_row(cell: Cell, loaded: Any, metrics: dict[str, Any], wall: float, num_threads: int | None) -> dict:
+    ev = cell.evalset
+    ci = metrics.get("eer_ci95") or [None, None]
+    row: dict[str, Any] = {
+        "checkpoint": cell.checkpoint.name,
+        "checkpoint_path": cell.checkpoint.path,
+        "arch": cell.checkpoint.arch,
+        "testset": ev.testset,
+        "in_domain": ev.in_domain,
+        "subset": ev.subset,
+        "subset_groups": ",".join(ev.subset_groups),
+        "subset_step": int(ev.subset.rsplit(":", 1)[1]) if ev.subset else 0,
+        "subset_ids_hash": ev.ids_hash,
+        "eer": metrics["eer"],
+        "eer_threshold": metrics["eer_threshold"],
+        "eer_ci_lo": ci[0],
+        "eer_ci_hi": ci[1],
+        "min_dcf": metrics["min_dcf"],
+        "act_dcf": metrics["act_dcf"],
+        "cllr": metrics["cllr"],
+        "n_bonafide": metrics["n_bonafide"],
+        "n_spoof": metrics["n_spoof"],
+        "crop": cell.scoring["crop"],
+        "score_type": cell.scoring["score"],
+        "batch_size": cell.scoring["batch_size"],
+        "wall_s": round(wall, 3),
+        "checkpoint_sha256": getattr(loaded, "sha256", None),
+        "manifest_sha256": ev.manifest_sha256,
+        "spec_hash": cell.spec_hash,
+        "config_hash": cell.cell_id,
+        "git_revision": provenance()["git_revision"],
+        "versions": json.dumps(package_versions(), sort_keys=True),
+        "num_threads": num_threads or torch.get_num_threads(),
+        "device": cell.device,
+    }
+    for k, v in cell.checkpoint.meta.items():
+        row[f"meta_{k}"] = v
+    row.setdefault("meta_n_params", sum(p.numel() for p in loaded.model.parameters()))
+    return row
