@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..data.audio import AudioCache
-from ..provenance import package_versions, provenance
+from ..provenance import config_hash, package_versions, provenance
 from .plan import Cell, load_manifest_cached
 
 _AUDIO_CACHE = AudioCache()
@@ -70,9 +70,8 @@ def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False)
     """Compute every row of ``cell`` (pure with respect to the store: the caller writes the rows)."""
     from ..metrics import evaluate
     from ..scoring import score_manifest
-    from ..sharpness.base import make_loss
     from ..sharpness.registry import make_estimator
-    from ..sharpness.runner import ManifestBatches, score_and_sharpness
+    from ..sharpness.runner import score_and_sharpness
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -81,40 +80,50 @@ def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False)
     loaded = _model(cell)
     model = loaded.model
     sc = cell.scoring
-    batches = ManifestBatches(
-        df,
-        batch_size=int(sc["batch_size"]),
-        crop=str(sc["crop"]),
-        nb_samp=int(sc["nb_samp"]),
-        cache=_AUDIO_CACHE,
-        device=cell.device,
-    )
+    common = {
+        "batch_size": int(sc["batch_size"]),
+        "crop": str(sc["crop"]),
+        "nb_samp": int(sc["nb_samp"]),
+        "cache": _AUDIO_CACHE,
+    }
 
+    # Measures differing only in their loss share one estimate (labelled + label-free on the same batches).
+    groups: dict[str, list[Any]] = {}
+    for m in cell.measures:
+        groups.setdefault(config_hash({"name": m.name, "settings": m.settings}), []).append(m)
     results: list[tuple[Any, int, Any]] = []  # (measure spec, seed, SharpnessResult)
     scores: pd.DataFrame | None = None
-    for m in cell.measures:
+    for specs in groups.values():
+        m0 = specs[0]
+        settings = {k: v for k, v in m0.settings.items() if k != "order"}
         for seed in cell.seeds:
-            est = make_estimator(m.name, seed=seed, **m.settings)
-            loss = make_loss(m.loss)
-            if scores is None and getattr(est, "shares_clean_pass", False):
-                scores, res = score_and_sharpness(
-                    model, batches, est, loss, score=str(sc["score"]), progress=progress
-                )
-            else:
-                res = est.estimate(model, batches, loss)
-            results.append((m, seed, res))
+            est = make_estimator(m0.name, seed=seed, **settings)
+            got_scores, by_loss = score_and_sharpness(
+                model,
+                df,
+                est,
+                [m.loss for m in specs],
+                order=str(m0.settings.get("order", "manifest")),
+                seed=seed,
+                **common,
+            )
+            if scores is None:
+                scores = got_scores
+            for m in specs:
+                results.append((m, seed, by_loss[m.loss]))
     if scores is None:
         scores = score_manifest(
             model,
             df,
-            batch_size=int(sc["batch_size"]),
-            crop=str(sc["crop"]),
+            batch_size=common["batch_size"],
+            crop=common["crop"],
             score=str(sc["score"]),
-            device=cell.device,
             cache=_AUDIO_CACHE,
             progress=progress,
-            nb_samp=int(sc["nb_samp"]),
+            nb_samp=common["nb_samp"],
         )
+    else:
+        scores = _rescore(scores, str(sc["score"]))
     metrics = evaluate(scores, seed=cell.seeds[0] if cell.seeds else 0)
     wall = time.perf_counter() - t0
 
@@ -198,3 +207,13 @@ def _base_row(cell: Cell, loaded: Any, metrics: dict[str, Any], wall: float, num
         row[f"meta_{k}"] = v
     row.setdefault("meta_n_params", sum(p.numel() for p in loaded.model.parameters()))
     return row
+
+
+def _rescore(scores: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Apply the study's score type to logits recorded in the shared pass (default: bona-fide logit)."""
+    from ..scoring import scores_from_logits
+
+    out = scores.copy()
+    logits = torch.tensor(out[["logit_spoof", "logit_bonafide"]].to_numpy())
+    out["score"] = scores_from_logits(logits, score).numpy()
+    return out

@@ -151,6 +151,18 @@ def _flat_meta(sidecar: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def checkpoint_meta(ckpt: Path) -> dict[str, Any]:
+    """Scalar metadata of a checkpoint for the results table.
+
+    Sidecars written by sharpscope (``format: sharpscope-checkpoint``) keep training metadata under ``meta``
+    (its ``provenance`` block is left out of the table); any other JSON/YAML sidecar is taken as metadata.
+    """
+    side = _read_sidecar(ckpt)
+    if side.get("format") == "sharpscope-checkpoint":
+        side = {k: v for k, v in (side.get("meta") or {}).items() if k != "provenance"}
+    return _flat_meta(side)
+
+
 def load_study(path: str | Path) -> Study:
     """Read and validate a study spec; raise :class:`SpecError` listing every problem, one per line."""
     p = Path(path)
@@ -215,13 +227,9 @@ def parse_study(raw: Any, base: Path = Path("."), path: str = "<spec>") -> Study
         if not matches:
             problems.append(f"{where}.path: nothing found at {full}")
         for m in matches:
-            meta = _flat_meta(_read_sidecar(Path(m)))
+            meta = checkpoint_meta(Path(m))
             meta.update(c.get("meta") or {})
-            model_cfg = dict(meta.pop("model_config", {}) or {})
-            side = _read_sidecar(Path(m))
-            if isinstance(side.get("model_config"), dict):
-                model_cfg = dict(side["model_config"])
-            model_cfg.update(c.get("model_config") or {})
+            model_cfg = dict(c.get("model_config") or {})
             name = c.get("name") or _checkpoint_name(Path(m), base)
             checkpoints.append(
                 CheckpointSpec(
@@ -342,14 +350,14 @@ def _checkpoint_name(p: Path, base: Path) -> str:
 def _check_measure(m: dict[str, Any]) -> list[str]:
     """Problems with a measure entry: unknown name or settings the estimator does not take."""
     try:
-        from ..sharpness.registry import MEASURES, measure_settings_fields
+        from ..sharpness.registry import MEASURES, measure_settings
     except ImportError:  # registry not available: only the name can be checked later
         return []
     if m["name"] not in MEASURES:
         return [f"name: {m['name']!r} is not one of {', '.join(MEASURES)}"]
     try:
-        fields = measure_settings_fields(m["name"])
+        fields = measure_settings(m["name"])
     except Exception:  # noqa: BLE001 - estimator module missing: report at run time
         return []
-    unknown = sorted(set(m) - {"name", "loss", *fields})
+    unknown = sorted(set(m) - {"name", "loss", "order", *fields})
     return [f"{k}: not a setting of {m['name']} (settings: {', '.join(sorted(fields))})" for k in unknown]
