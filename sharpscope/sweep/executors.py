@@ -56,33 +56,60 @@ def run_cells(
 ) -> list[str]:
     """Run ``cells`` (already filtered to the unfinished ones) with ``executor``; return finished cell ids."""
     opts = opts or ExecOptions()
+    if executor == "local":  # in process: keeps the audio cache and the loaded model between cells
+        from .runner import run_cell
+
+        done = []
+        for i, cell in enumerate(cells, 1):
+            if on_start:
+                on_start(cell)
+            rows = run_cell(cell, num_threads=opts.num_threads, progress=opts.progress)
+            store.write_cell(cell.cell_id, cell.key, rows)
+            done.append(cell.cell_id)
+            if on_done:
+                on_done(cell, i, len(cells))
+        return done
+    args = [(c.to_dict(), str(store.root), opts.num_threads) for c in cells]
+    names = [c.describe() for c in cells]
+
+    def done_cb(i: int, n_done: int) -> None:
+        if on_done:
+            on_done(cells[i], n_done, len(cells))
+
+    return map_tasks(execute_cell, args, names, executor, opts, store.root / "submitit", done_cb)
+
+
+def map_tasks(
+    fn: Callable[..., Any],
+    args: Sequence[tuple],
+    names: Sequence[str],
+    executor: str,
+    opts: ExecOptions,
+    folder: Path,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[Any]:
+    """Run ``fn(*a)`` for every ``a`` in ``args`` on ``executor``; results in input order.
+
+    Tasks must be idempotent and write their own outputs atomically (the sweep's cells, the zoo's training
+    runs), so a task retried after a lost worker does no harm.  ``on_done(index, n_done)`` reports progress.
+    """
     if executor not in EXECUTORS:
         raise SharpscopeError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if not cells:
+    if not args:
         return []
     if executor == "local":
-        return _run_local(cells, store, opts, on_done, on_start)
+        out = []
+        for i, a in enumerate(args):
+            out.append(fn(*a))
+            if on_done:
+                on_done(i, i + 1)
+        return out
     if executor == "ray":
-        return _run_ray(cells, store, opts, on_done)
-    return _run_submitit(cells, store, opts, on_done)
+        return _map_ray(fn, args, opts, on_done)
+    return _map_submitit(fn, args, names, opts, folder, on_done)
 
 
-def _run_local(cells, store, opts, on_done, on_start) -> list[str]:
-    from .runner import run_cell
-
-    done = []
-    for i, cell in enumerate(cells, 1):
-        if on_start:
-            on_start(cell)
-        rows = run_cell(cell, num_threads=opts.num_threads, progress=opts.progress)
-        store.write_cell(cell.cell_id, cell.key, rows)
-        done.append(cell.cell_id)
-        if on_done:
-            on_done(cell, i, len(cells))
-    return done
-
-
-def _run_ray(cells, store, opts, on_done) -> list[str]:
+def _map_ray(fn, args, opts, on_done) -> list[Any]:
     try:
         import ray
     except ImportError:
@@ -95,44 +122,39 @@ def _run_ray(cells, store, opts, on_done) -> list[str]:
         else:
             kw["num_cpus"] = max(1, opts.workers) * max(1, opts.num_threads)
         # Workers must import sharpscope from this tree even when it is not installed.
-        root_pkg = str(Path(__file__).resolve().parents[2])
-        kw["runtime_env"] = {"env_vars": {"PYTHONPATH": root_pkg}}
+        kw["runtime_env"] = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}}
         ray.init(**kw)
         started_here = True
     try:
-        remote = ray.remote(num_cpus=max(1, opts.num_threads), num_gpus=opts.gpus_per_cell, max_retries=1)(
-            execute_cell
-        )
-        pending = {remote.remote(c.to_dict(), str(store.root), opts.num_threads): c for c in cells}
-        done = []
+        remote = ray.remote(num_cpus=max(1, opts.num_threads), num_gpus=opts.gpus_per_cell, max_retries=1)(fn)
+        refs = [remote.remote(*a) for a in args]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        pending = list(refs)
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                cell = pending.pop(ref)
                 try:
-                    done.append(ray.get(ref))
+                    results[index[ref]] = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), SharpscopeError) else None
-                    if cause is not None:
-                        raise cause from None
+                    if isinstance(getattr(exc, "cause", None), SharpscopeError):
+                        raise exc.cause from None
                     raise
                 if on_done:
-                    on_done(cell, len(done), len(cells))
-        return done
+                    on_done(index[ref], len(results))
+        return [results[i] for i in range(len(args))]
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run_submitit(cells, store, opts, on_done) -> list[str]:
+def _map_submitit(fn, args, names, opts, folder: Path, on_done) -> list[Any]:
     try:
         import submitit
     except ImportError:
         raise SharpscopeError("executor slurm needs submitit: pip install 'sharpscope[dist]'") from None
-    folder = store.root / "submitit"
-    ex = submitit.AutoExecutor(
-        folder=str(folder), cluster=None if opts.slurm_cluster == "slurm" else opts.slurm_cluster
-    )
+    cluster = None if opts.slurm_cluster == "slurm" else opts.slurm_cluster
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params: dict[str, Any] = {"timeout_min": opts.slurm_timeout_min, "cpus_per_task": opts.num_threads}
     if opts.slurm_cluster == "slurm":
         params["slurm_array_parallelism"] = max(1, opts.workers)
@@ -143,16 +165,16 @@ def _run_submitit(cells, store, opts, on_done) -> list[str]:
     ex.update_parameters(**params)
     jobs = []
     with ex.batch():
-        for c in cells:
-            jobs.append(ex.submit(execute_cell, c.to_dict(), str(store.root), opts.num_threads))
-    done = []
-    for job, cell in zip(jobs, cells, strict=True):
+        for a in args:
+            jobs.append(ex.submit(fn, *a))
+    out = []
+    for i, (job, name) in enumerate(zip(jobs, names, strict=True)):
         try:
-            done.append(job.result())
-        except Exception as exc:  # submitit wraps remote failures; surface the first line
-            msg = str(exc).strip().splitlines()
-            tail = next((line for line in reversed(msg) if "Error" in line), msg[-1] if msg else repr(exc))
-            raise SharpscopeError(f"cell {cell.describe()} failed on the slurm executor: {tail}") from None
+            out.append(job.result())
+        except Exception as exc:  # submitit wraps remote failures; surface the last error line
+            lines = str(exc).strip().splitlines()
+            tail = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else repr(exc))
+            raise SharpscopeError(f"task {name} failed on the slurm executor: {tail}") from None
         if on_done:
-            on_done(cell, len(done), len(cells))
-    return done
+            on_done(i, i + 1)
+    return out

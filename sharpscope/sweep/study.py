@@ -126,7 +126,13 @@ def _read_sidecar(ckpt: Path) -> dict[str, Any]:
     """Metadata sidecar next to a checkpoint: <stem>.json / <stem>.yaml, or <dir>/sharpscope.json."""
     candidates = [ckpt.with_suffix(".json"), ckpt.with_suffix(".yaml"), ckpt.with_suffix(".yml")]
     if ckpt.is_dir():
-        candidates = [ckpt / "sharpscope.json", ckpt / "meta.json", ckpt / "meta.yaml"]
+        candidates = [
+            ckpt.with_name(ckpt.name + ".json"),
+            ckpt / "sharpscope.json",
+            ckpt / "sharpscope_meta.json",
+            ckpt / "meta.json",
+            ckpt / "meta.yaml",
+        ]
     for c in candidates:
         if c.is_file() and c != ckpt:
             try:
