@@ -1,0 +1,569 @@
+"""Self-contained study reports: ``index.html`` + ``report.md`` + ``tables.tex`` + figure files.
+
+``index.html`` needs nothing outside itself: CSS is inline, figures are embedded as base64 PNG, there is no
+JavaScript, no CDN and no web font, so it can be mailed around or opened offline.  The same tables are
+written as Markdown (``report.md``, figures linked from ``figures/``), as booktabs LaTeX (``tables.tex``) and
+as CSV (``tables/*.csv``, e.g. for ``sharpscope figures`` specs).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+from .. import stats
+from ..errors import SharpscopeError
+from ..provenance import file_sha256, git_revision, package_versions
+from . import plots
+from .figures import save_figure
+from .tables import format_value, load_results, parse_curve, to_latex, to_markdown
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fff}
+main{max-width:1100px;margin:0 auto;padding:1.5rem 2rem 4rem}
+h1{font-size:1.7rem;margin-bottom:.2rem}
+h2{margin-top:2.4rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+nav{background:#f5f5f7;padding:.6rem 2rem;font-size:.9rem;position:sticky;top:0;border-bottom:1px solid #ddd}
+nav a{margin-right:1rem;color:#0b57d0;text-decoration:none}
+table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0 1.2rem;display:block;overflow-x:auto}
+th,td{border-bottom:1px solid #e3e3e3;padding:.25rem .6rem;text-align:right;white-space:nowrap}
+th{background:#fafafa;position:sticky;top:0}td.t,th.t{text-align:left}
+figure{margin:1rem 0 2rem}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85rem;color:#555}
+pre{background:#f5f5f7;padding:.8rem;overflow-x:auto;font-size:.8rem}
+.note{color:#8a5a00}.muted{color:#777;font-size:.85rem}
+"""
+
+
+@dataclass
+class _Section:
+    key: str
+    title: str
+    html: list[str] = field(default_factory=list)
+    md: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Figure:
+    name: str
+    caption: str
+    fig: Figure
+    png: bytes
+
+
+def _measure_keys(df: pd.DataFrame) -> list[tuple[str, float, str]]:
+    """(measure, rho, loss) combinations present on the full-set rows, sorted."""
+    base, _ = stats._pick_subset(df, None)
+    cols = [c for c in ("measure", "rho", "loss") if c in base.columns]
+    keys = base[cols].drop_duplicates()
+    keys = keys.sort_values(cols, kind="mergesort", na_position="last")
+    out = []
+    for r in keys.itertuples(index=False):
+        d = r._asdict()
+        out.append((str(d["measure"]), float(d.get("rho", math.nan)), str(d.get("loss", ""))))
+    return out
+
+
+def _rows_of(df: pd.DataFrame, key: tuple[str, float, str]) -> pd.DataFrame:
+    m, rho, loss = key
+    sel = df["measure"].astype(str) == m
+    if "rho" in df.columns:
+        sel &= (
+            df["rho"].isna()
+            if math.isnan(rho)
+            else np.isclose(df["rho"].astype(float), rho, rtol=1e-9, atol=0)
+        )
+    if "loss" in df.columns:
+        sel &= df["loss"].astype(str) == loss
+    return df[sel]
+
+
+def _label(key: tuple[str, float, str], with_loss: bool) -> str:
+    m, rho, loss = key
+    s = m if math.isnan(rho) else f"{m} ρ={rho:g}"
+    return f"{s} [{loss}]" if with_loss else s
+
+
+def _slug(s: str) -> str:
+    """An ASCII file-name stem."""
+    s = s.replace("ρ=", "rho").replace("ρ", "rho")
+    out = "".join(ch if ch.isascii() and ch.isalnum() else "_" for ch in s)
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out.strip("_").lower() or "x"
+
+
+def _html_table(df: pd.DataFrame, digits: int = 3) -> str:
+    text_cols = {c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])}
+    head = "".join(
+        f'<th class="{"t" if c in text_cols else ""}">{html.escape(str(c))}</th>' for c in df.columns
+    )
+    body = []
+    for row in df.itertuples(index=False):
+        cells = []
+        for c, v in zip(df.columns, row, strict=True):
+            cls = ' class="t"' if c in text_cols else ""
+            cells.append(f"<td{cls}>{html.escape(format_value(v, digits))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _try_figure(
+    figs: list[_Figure], problems: list[str], name: str, caption: str, fn, /, *args, **kw
+) -> None:
+    """Make one figure; a figure that cannot be drawn from this table is listed, not fatal."""
+    try:
+        fig = fn(*args, **kw)
+    except SharpscopeError as exc:
+        problems.append(f"figure {name}: {exc}")
+        return
+    figs.append(_Figure(name, caption, fig, _png(fig)))
+
+
+def _compact_corr(corr: pd.DataFrame) -> pd.DataFrame:
+    if corr.empty:
+        return corr
+    out = corr.assign(
+        ci=[
+            "" if math.isnan(lo) else f"[{format_value(lo)}, {format_value(hi)}]"
+            for lo, hi in zip(corr["ci_lo"], corr["ci_hi"], strict=True)
+        ]
+    )
+    cols = ["measure", "testset", "method", "n", "coef", "ci", "p", "p_method", "p_holm", "p_bh", "note"]
+    return out[[c for c in cols if c in out.columns]]
+
+
+def analyse(
+    df: pd.DataFrame,
+    *,
+    y: str = "eer",
+    methods=stats.METHODS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    problems: list[str] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """All report tables from one results table.
+
+    Analyses that do not apply (no ``meta_`` columns, no in-domain set) are not run; an analysis that fails
+    on this table is left out and its error appended to ``problems`` (shown under "Notes" in the report).
+    """
+    problems = problems if problems is not None else []
+    keys = _measure_keys(df)
+    with_loss = len({k[2] for k in keys}) > 1
+    out: dict[str, pd.DataFrame] = {}
+    base, _ = stats._pick_subset(df, None)
+    order = stats.testset_order(base)
+    # EER per checkpoint x test set
+    if "eer" in base.columns:
+        eer = base.groupby(["checkpoint", "testset"], sort=True)["eer"].first().unstack("testset")
+        eer = eer.reindex(columns=[t for t in order if t in eer.columns]).reset_index()
+        if "meta_optimizer" in base.columns:
+            opt = base.groupby("checkpoint")["meta_optimizer"].first()
+            eer.insert(1, "optimizer", eer["checkpoint"].map(opt))
+        eer.columns.name = None
+        out["eer"] = eer
+        out["shift"] = stats.testset_shift(base)
+    corr, gran, shift, part = [], [], [], []
+    has_meta = any(c.startswith("meta_") for c in df.columns)
+    ctrl = "meta_optimizer" if "meta_optimizer" in df.columns and df["meta_optimizer"].nunique() > 1 else None
+    in_domain_known = (
+        "in_domain" in base.columns and base.loc[base["in_domain"].astype(bool), "testset"].nunique() == 1
+    )
+
+    def attempt(label: str, what: str, fn, *args, **kw) -> pd.DataFrame | None:
+        try:
+            return fn(*args, **kw).assign(measure=label)
+        except SharpscopeError as exc:
+            problems.append(f"{what} of {label}: {exc}")
+            return None
+
+    for key in keys:
+        rows = _rows_of(df, key)
+        label = _label(key, with_loss)
+        c = attempt(
+            label,
+            "correlation",
+            stats.correlate,
+            rows,
+            key[0],
+            y,
+            by=["testset", "domain"] if in_domain_known else ["testset"],
+            methods=methods,
+            n_boot=n_boot,
+            seed=seed,
+            dropna=True,
+        )
+        if c is None:
+            continue
+        corr.append(c)
+        if has_meta:
+            gran.append(
+                attempt(label, "granulated Kendall", stats.granulated_kendall, rows, key[0], y, dropna=True)
+            )
+        if ctrl:
+            part.append(
+                attempt(
+                    label,
+                    "partial correlation",
+                    stats.partial_correlate,
+                    rows,
+                    key[0],
+                    y,
+                    ctrl,
+                    methods=("spearman",),
+                    dropna=True,
+                )
+            )
+        if in_domain_known:
+            shift.append(attempt(label, "domain shift", stats.domain_shift, rows, key[0], dropna=True))
+    corr, gran, part, shift = ([t for t in ts if t is not None] for ts in (corr, gran, part, shift))
+    if corr:
+        out["correlations"] = pd.concat(corr, ignore_index=True)
+    if gran:
+        out["granulated_kendall"] = pd.concat(gran, ignore_index=True)
+    if part:
+        out["partial"] = pd.concat(part, ignore_index=True)
+    if shift:
+        out["domain_shift"] = pd.concat(shift, ignore_index=True)
+    return out
+
+
+def _figures(
+    df: pd.DataFrame, tables: dict[str, pd.DataFrame], y: str, seed: int, max_measures: int
+) -> tuple:
+    figs: list[_Figure] = []
+    problems: list[str] = []
+    keys = _measure_keys(df)
+    with_loss = len({k[2] for k in keys}) > 1
+    if "correlations" in tables:
+        _try_figure(
+            figs,
+            problems,
+            "heatmap_kendall",
+            f"Kendall τ-b of each measure with {y.upper()} per test set "
+            "(* Holm-adjusted p < 0.05 across test sets).",
+            plots.heatmap,
+            df,
+            y=y,
+            method="kendall",
+            seed=seed,
+        )
+    for key in keys[:max_measures]:
+        rows = _rows_of(df, key)
+        label = _label(key, with_loss)
+        slug = _slug(label)
+        _try_figure(
+            figs,
+            problems,
+            f"scatter_{slug}",
+            f"{label} vs {y.upper()} per test set.",
+            plots.scatter,
+            rows,
+            measure=key[0],
+            y=y,
+            seed=seed,
+        )
+        _try_figure(
+            figs,
+            problems,
+            f"per_testset_{slug}",
+            f"{label} on each test set (CI bars; black: mean over "
+            "checkpoints); test sets ordered in-domain first, then by EER shift.",
+            plots.sharpness_by_testset,
+            rows,
+            measure=key[0],
+        )
+    if "subset" in df.columns:
+        m = df["subset"].astype(str).str.extract(plots._SUBSET_STEP)
+        studies = df.assign(_n=m["name"])[m["k"].notna()][["testset", "_n", "measure"]].drop_duplicates()
+        for t, n, meas in studies.itertuples(index=False):
+            _try_figure(
+                figs,
+                problems,
+                f"cumulative_{_slug(t)}_{_slug(n)}_{_slug(meas)}",
+                f"{meas} and EER along the cumulative subsets {n}:k of {t}.",
+                plots.cumulative,
+                df,
+                measure=meas,
+                testset=t,
+                name=n,
+            )
+    if "extra" in df.columns:
+        curve_measures = sorted(
+            {str(r.measure) for r in df[["measure", "extra"]].itertuples(index=False) if _is_curve(r.extra)}
+        )
+        for meas in curve_measures:
+            _try_figure(
+                figs,
+                problems,
+                f"landscape_{_slug(meas)}",
+                f"Loss along a 1-D direction ({meas}): mean ± sd over checkpoints of each training method.",
+                plots.landscape,
+                df,
+                measure=meas,
+            )
+    if "meta_optimizer" in df.columns and "eer" in df.columns:
+        _try_figure(
+            figs,
+            problems,
+            "eer_by_method",
+            "EER per training method and test set (bars: mean, whiskers: sd, dots: checkpoints).",
+            plots.eer_by_method,
+            df,
+        )
+    return figs, problems
+
+
+def _is_curve(v: object) -> bool:
+    try:
+        return parse_curve(v) is not None
+    except SharpscopeError:
+        return False
+
+
+def _provenance(df: pd.DataFrame, source: str | None, source_sha: str | None) -> pd.DataFrame:
+    rows = [("results source", source or "(DataFrame)")]
+    if source_sha:
+        rows.append(("results sha256", source_sha))
+    rows.append(("rows", str(len(df))))
+    for col in ("git_revision", "spec_hash", "config_hash", "study", "spec_name"):
+        if col in df.columns:
+            vals = sorted({str(v) for v in df[col].dropna()})
+            shown = ", ".join(vals[:5]) + (f" … (+{len(vals) - 5})" if len(vals) > 5 else "")
+            rows.append((f"table {col}", shown))
+    rows.append(
+        ("report made by sharpscope", f"{package_versions().get('sharpscope', '?')} @ {git_revision()}")
+    )
+    for k, v in package_versions().items():
+        if k != "sharpscope":
+            rows.append((f"version {k}", v))
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def build_report(
+    results: str | Path | pd.DataFrame,
+    out_dir: str | Path,
+    spec: dict | None = None,
+    title: str = "sharpscope report",
+    *,
+    y: str = "eer",
+    methods=stats.METHODS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    max_measures: int = 8,
+    figure_formats: tuple[str, ...] = ("png", "svg"),
+) -> Path:
+    """Write ``out_dir/index.html`` (self-contained), ``report.md``, ``tables.tex``, ``tables/*.csv`` and
+    ``figures/*.{png,svg}``; return the path of ``index.html``.
+
+    ``spec`` (the study spec as a dict) is shown as YAML.  Analyses that do not apply to the table (no
+    ``meta_`` columns, no in-domain set, no cumulative subsets, no landscape curves) are skipped, and
+    figures that cannot be drawn are listed under "Notes" rather than failing the report.
+    """
+    source = None if isinstance(results, pd.DataFrame) else str(results)
+    df = load_results(results)
+    if df.empty:
+        raise SharpscopeError(f"{source or 'results'}: the results table is empty; nothing to report")
+    for col in ("checkpoint", "testset", "measure", "value"):
+        if col not in df.columns:
+            raise SharpscopeError(
+                f"{source or 'results'}: no {col!r} column; is this a sharpscope results table?"
+            )
+    source_sha = None
+    if source is not None:
+        p = Path(source)
+        f = (
+            next((p / n for n in ("results.parquet", "results.csv") if (p / n).is_file()), p)
+            if p.is_dir()
+            else p
+        )
+        source_sha = file_sha256(f)
+        source = str(f)
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+
+    problems: list[str] = []
+    tables = analyse(df, y=y, methods=methods, n_boot=n_boot, seed=seed, problems=problems)
+    figs, fig_problems = _figures(df, tables, y, seed, max_measures)
+    problems += fig_problems
+    vector = [f for f in figure_formats if f in ("svg", "pdf")]
+    for fg in figs:
+        (out / "figures" / f"{fg.name}.png").write_bytes(fg.png)
+        if vector:
+            save_figure(fg.fig, out / "figures" / fg.name, vector)
+    for name, t in tables.items():
+        t.to_csv(out / "tables" / f"{name}.csv", index=False)
+
+    sections = _sections(df, tables, figs, problems, spec, source, source_sha, y)
+    index = out / "index.html"
+    index.write_text(_render_html(title, sections), encoding="utf-8")
+    (out / "report.md").write_text(_render_md(title, sections), encoding="utf-8")
+    (out / "tables.tex").write_text(_render_tex(tables), encoding="utf-8")
+    return index
+
+
+def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_Section]:
+    secs: list[_Section] = []
+    # overview
+    s = _Section("overview", "Overview")
+    n_ck = df["checkpoint"].nunique()
+    keys = _measure_keys(df)
+    text = (
+        f"{len(df)} result rows: {n_ck} checkpoints × {df['testset'].nunique()} test sets, "
+        f"{len(keys)} measure settings. Correlations use the full-set rows; p-values, bootstrap CIs and "
+        "corrections are described in the notes of each table."
+    )
+    s.html.append(f"<p>{html.escape(text)}</p>")
+    s.md.append(text + "\n")
+    if "shift" in tables:
+        s.html.append("<h3>Test sets (ordered by shift)</h3>" + _html_table(tables["shift"]))
+        s.md.append("### Test sets (ordered by shift)\n\n" + to_markdown(tables["shift"]))
+    if "eer" in tables:
+        s.html.append("<h3>EER per checkpoint</h3>" + _html_table(tables["eer"]))
+        s.md.append("### EER per checkpoint\n\n" + to_markdown(tables["eer"]))
+    secs.append(s)
+    # correlations
+    if "correlations" in tables:
+        s = _Section("correlations", f"Correlation with {y.upper() if y == 'eer' else y}")
+        c = _compact_corr(tables["correlations"])
+        expl = (
+            "coef: point estimate (scipy); ci: percentile bootstrap over checkpoints; p_method: how p "
+            "was obtained; p_holm / p_bh: Holm and Benjamini–Hochberg across the test sets of one measure "
+            "and method."
+        )
+        s.html.append(f'<p class="muted">{html.escape(expl)}</p>' + _html_table(c))
+        s.md.append(expl + "\n\n" + to_markdown(c))
+        secs.append(s)
+    if "granulated_kendall" in tables:
+        s = _Section("granulated", "Granulated Kendall (Jiang et al. 2020)")
+        g = tables["granulated_kendall"][
+            ["measure", "testset", "hyperparam", "coef", "n_groups", "n", "note"]
+        ]
+        s.html.append(_html_table(g))
+        s.md.append(to_markdown(g))
+        secs.append(s)
+    if "partial" in tables:
+        s = _Section("partial", "Partial correlation")
+        p = tables["partial"][
+            ["measure", "testset", "method", "control", "n", "coef", "p", "p_holm", "p_bh", "note"]
+        ]
+        s.html.append(_html_table(p))
+        s.md.append(to_markdown(p))
+        secs.append(s)
+    if "domain_shift" in tables:
+        s = _Section("shift", "Sharpness under domain shift")
+        cols = [
+            "measure",
+            "testset",
+            "reference",
+            "n",
+            "mean_ref",
+            "mean_test",
+            "mean_diff",
+            "ratio_of_means",
+            "median_ratio",
+            "p",
+            "p_method",
+            "p_holm",
+            "note",
+        ]
+        d = tables["domain_shift"][cols]
+        s.html.append(_html_table(d))
+        s.md.append(to_markdown(d))
+        secs.append(s)
+    # figures
+    s = _Section("figures", "Figures")
+    for fg in figs:
+        b64 = base64.b64encode(fg.png).decode()
+        s.html.append(
+            f'<figure id="fig-{fg.name}">'
+            f'<img src="data:image/png;base64,{b64}" alt="{html.escape(fg.caption)}">'
+            f"<figcaption><b>{html.escape(fg.name)}</b>: {html.escape(fg.caption)}</figcaption></figure>"
+        )
+        s.md.append(f"![{fg.caption}](figures/{fg.name}.png)\n\n*{fg.name}*: {fg.caption}\n")
+    if not figs:
+        s.html.append("<p>No figure could be drawn from this table.</p>")
+    secs.append(s)
+    if problems:
+        s = _Section("notes", "Notes")
+        s.html.append("<ul>" + "".join(f'<li class="note">{html.escape(p)}</li>' for p in problems) + "</ul>")
+        s.md.extend(f"- {p}" for p in problems)
+        secs.append(s)
+    # spec + provenance
+    s = _Section("spec", "Study spec")
+    if spec:
+        text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+        s.html.append(f"<pre>{html.escape(text)}</pre>")
+        s.md.append(f"```yaml\n{text}```\n")
+    else:
+        s.html.append("<p>No study spec was given.</p>")
+        s.md.append("No study spec was given.\n")
+    secs.append(s)
+    s = _Section("provenance", "Provenance")
+    prov = _provenance(df, source, source_sha)
+    s.html.append(_html_table(prov))
+    s.md.append(to_markdown(prov))
+    secs.append(s)
+    return secs
+
+
+def _render_html(title: str, sections: list[_Section]) -> str:
+    nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
+    body = "".join(
+        f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{"".join(s.html)}</section>' for s in sections
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><nav>{nav}</nav><main><h1>{html.escape(title)}</h1>{body}</main></body></html>\n"
+    )
+
+
+def _render_md(title: str, sections: list[_Section]) -> str:
+    parts = [f"# {title}\n"]
+    for s in sections:
+        parts.append(f"## {s.title}\n")
+        parts.append("\n".join(s.md) + "\n")
+    return "\n".join(parts)
+
+
+def _render_tex(tables: dict[str, pd.DataFrame]) -> str:
+    parts = ["% sharpscope report tables; needs \\usepackage{booktabs}\n"]
+    if "eer" in tables:
+        parts.append(to_latex(tables["eer"], caption="EER per checkpoint and test set.", label="tab:eer"))
+    if "correlations" in tables:
+        c = tables["correlations"]
+        c = c[c["scope"] == "testset"][
+            ["measure", "testset", "method", "n", "coef", "ci_lo", "ci_hi", "p", "p_holm"]
+        ]
+        parts.append(to_latex(c, caption="Correlation of sharpness with EER per test set.", label="tab:corr"))
+    if "granulated_kendall" in tables:
+        g = tables["granulated_kendall"][["measure", "testset", "hyperparam", "coef", "n_groups"]]
+        parts.append(to_latex(g, caption="Granulated Kendall coefficients.", label="tab:granulated"))
+    if "domain_shift" in tables:
+        d = tables["domain_shift"][["measure", "testset", "n", "mean_diff", "ratio_of_means", "p", "p_holm"]]
+        parts.append(
+            to_latex(
+                d,
+                caption="Sharpness under shift.",
+                label="tab:shift",
+            )
+        )
+    return "\n".join(parts)

@@ -1,0 +1,371 @@
+"""Curvature measures: top Hessian eigenvalue and Hessian trace of the batch loss.
+
+Algorithms here only need a linear operator with ``matvec(v)``, ``dim``, ``dtype`` and ``device`` -- in
+practice :class:`~sharpscope.sharpness.hvp.HessianOperator`, the Hessian of one batch's loss over a parameter
+scope (curvlinops' split of operators and algorithms).  The estimators apply one algorithm per batch and
+average the per-batch values weighted by batch size, like every other sharpness estimator.
+
+* ``hessian-max`` (:class:`HessianMax`): the largest Hessian eigenvalue λ_max.
+
+  - ``power``: power iteration on H from a seeded Gaussian start vector, Rayleigh quotient as the estimate,
+    stopping when it changes by less than ``tol`` (relative).  Power iteration finds the eigenvalue of
+    largest *magnitude*; when that one is negative (a saddle dominated by negative curvature) a second power
+    iteration on the shifted operator H − λ_dom·I (all eigenvalues ≥ 0 there, the largest being
+    λ_max − λ_dom) recovers the largest *algebraic* eigenvalue.
+  - ``lanczos``: Lanczos tridiagonalisation with full re-orthogonalisation (memory: ``iterations`` vectors
+    of the parameter dimension); the estimate is the largest Ritz value, stopping when its residual bound
+    ``β_k·|s_k|`` falls below ``tol·|θ|``.  Usually needs far fewer products than power iteration and always
+    targets the largest algebraic eigenvalue; the smallest Ritz value is reported per batch as well.
+
+* ``hessian-trace`` (:class:`HessianTrace`): tr(H).
+
+  - ``hutchinson``: (1/m) Σ zᵢᵀ H zᵢ with Rademacher zᵢ (Hutchinson 1989); per-batch standard error over the
+    m queries is reported.
+  - ``hutch++``: Meyer, Musco, Musco & Woodruff (2021), "Hutch++: optimal stochastic trace estimation":
+    a third of the m products sketch the range (Q = orth(H S)), a third compute tr(QᵀHQ) exactly, the rest
+    run Hutchinson on the deflated operator (I − QQᵀ)H(I − QQᵀ).  With m/3 ≥ dim the sketch spans everything
+    and the result is exact up to rounding.
+
+Products: :class:`~sharpscope.sharpness.hvp.HessianOperator` uses forward-over-reverse ``torch.func`` and,
+with ``ad_mode="auto"``, falls back to double back-propagation for models with an op that lacks forward-mode
+AD (``extra["ad_mode"]`` and ``extra["ad_fallback_reason"]`` record it).  The trace algorithms can push
+``block_size`` probes through one vectorised product (faster, activation memory × block_size).
+
+``cost``: ``forward`` counts the clean pass per batch (loss at w, and the clean logits of ``kl-to-clean``),
+``hvp`` the Hessian-vector products (each roughly one forward and two backward passes); ``backward`` is 0.
+
+All randomness comes from a CPU generator derived from ``(seed, batch index)``.  The model is put in eval
+mode and its parameters, buffers, flags and gradients are restored bit-for-bit afterwards (also on errors).
+Batches whose loss at the unperturbed weights, or whose estimate, is NaN/inf are kept in ``per_batch`` with
+``finite=False``, excluded from the mean and counted in ``n_nonfinite``.
+
+Constructor: ``HessianMax(HessianMaxSettings(...))`` or ``HessianMax(**settings)`` (same for
+``HessianTrace``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SpecError
+from .base import Cost, Loss, SharpnessResult, logits_of, preserved, settings_dict, weighted_summary
+from .hvp import AD_MODES, HessianOperator, batch_generator, batch_tensors, check_labels, model_device
+from .scope import resolve_scope
+
+
+class LinearOperator(Protocol):
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+
+    def matmat(self, vs: torch.Tensor, block_size: int = 1) -> torch.Tensor: ...
+
+
+class _Shifted:
+    """``A − c·I`` for an operator ``A``."""
+
+    def __init__(self, op: LinearOperator, shift: float) -> None:
+        self.op, self.shift = op, shift
+        self.dim, self.dtype, self.device = op.dim, op.dtype, op.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(v) - self.shift * v
+
+
+def _gaussian(op: LinearOperator, gen: torch.Generator) -> torch.Tensor:
+    v = torch.randn(op.dim, generator=gen, dtype=torch.float64)
+    return (v / v.norm()).to(device=op.device, dtype=op.dtype)
+
+
+def _rademacher(op: LinearOperator, gen: torch.Generator, k: int) -> torch.Tensor:
+    z = torch.randint(0, 2, (op.dim, k), generator=gen, dtype=torch.int8)
+    return (z.to(torch.float64) * 2 - 1).to(device=op.device, dtype=op.dtype)
+
+
+# ---- eigenvalue algorithms --------------------------------------------------------------------------------
+
+
+@dataclass
+class EigenEstimate:
+    value: float
+    iterations: int
+    converged: bool
+    min_value: float | None = None  # smallest Ritz value (Lanczos only)
+    shifted: bool = False  # power iteration needed the shifted second run
+
+
+def _power(op: LinearOperator, v: torch.Tensor, iterations: int, tol: float) -> tuple[float, int, bool]:
+    lam = math.nan
+    for it in range(1, iterations + 1):
+        hv = op.matvec(v)
+        new = float(torch.dot(v.double(), hv.double()))
+        norm = float(hv.norm())
+        if norm == 0.0 or not math.isfinite(norm):
+            return (0.0 if norm == 0.0 else math.nan), it, norm == 0.0
+        v = hv / norm
+        if math.isfinite(lam) and abs(new - lam) <= tol * max(abs(lam), 1e-30):
+            return new, it, True
+        lam = new
+    return lam, iterations, False
+
+
+def power_iteration(
+    op: LinearOperator, gen: torch.Generator, iterations: int = 100, tol: float = 1e-4
+) -> EigenEstimate:
+    """Largest algebraic eigenvalue of a symmetric operator by (shifted) power iteration."""
+    lam, its, conv = _power(op, _gaussian(op, gen), iterations, tol)
+    if not (lam < 0):
+        return EigenEstimate(lam, its, conv)
+    mu, its2, conv2 = _power(_Shifted(op, lam), _gaussian(op, gen), iterations, tol)
+    return EigenEstimate(mu + lam, its + its2, conv and conv2, shifted=True)
+
+
+def lanczos(
+    op: LinearOperator, gen: torch.Generator, iterations: int = 100, tol: float = 1e-4
+) -> EigenEstimate:
+    """Extreme eigenvalues of a symmetric operator by Lanczos with full re-orthogonalisation."""
+    k_max = min(iterations, op.dim)
+    q = _gaussian(op, gen)
+    basis = [q]
+    alpha: list[float] = []
+    beta: list[float] = []
+    theta_max = theta_min = math.nan
+    converged = False
+    for j in range(k_max):
+        w = op.matvec(basis[j])
+        a = float(torch.dot(basis[j].double(), w.double()))
+        alpha.append(a)
+        w = w - a * basis[j]
+        if j > 0:
+            w = w - beta[-1] * basis[j - 1]
+        stack = torch.stack(basis, dim=1)
+        for _ in range(2):  # "twice is enough" (Kahan/Parlett) classical Gram-Schmidt
+            w = w - stack @ (stack.T @ w)
+        b = float(w.norm())
+        t = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+        evals, evecs = np.linalg.eigh(t)
+        theta_max, theta_min = float(evals[-1]), float(evals[0])
+        if not all(math.isfinite(x) for x in (a, b, theta_max)):
+            return EigenEstimate(math.nan, j + 1, False)
+        residual = b * abs(float(evecs[-1, -1]))
+        # Krylov space exhausted (b ≈ 0 or full dimension) or top Ritz pair converged
+        scale = max(abs(theta_max), abs(theta_min), 1e-30)
+        if b <= 1e-10 * scale or j + 1 == op.dim or residual <= tol * max(abs(theta_max), 1e-30):
+            converged = True
+            break
+        beta.append(b)
+        basis.append(w / b)
+    return EigenEstimate(theta_max, len(alpha), converged, min_value=theta_min)
+
+
+# ---- trace algorithms -------------------------------------------------------------------------------------
+
+
+def _quad_forms(op: LinearOperator, z: torch.Tensor, block_size: int) -> np.ndarray:
+    """zᵢᵀ H zᵢ for every column of ``z``, accumulated in float64."""
+    hz = op.matmat(z.to(op.dtype), block_size=block_size)
+    return (z.double() * hz.double()).sum(0).cpu().numpy()
+
+
+def hutchinson(
+    op: LinearOperator, gen: torch.Generator, n_queries: int, block_size: int = 1
+) -> tuple[float, float]:
+    """Hutchinson's trace estimate with Rademacher vectors and its standard error over the queries."""
+    q = _quad_forms(op, _rademacher(op, gen, n_queries), block_size)
+    se = float(q.std(ddof=1) / math.sqrt(n_queries)) if n_queries > 1 else math.nan
+    return float(q.mean()), se
+
+
+def hutchpp(op: LinearOperator, gen: torch.Generator, n_queries: int, block_size: int = 1) -> float:
+    """Hutch++ (Meyer et al. 2021) with ``n_queries`` ≥ 3 products in total (rounded: k = ⌈m/3⌉ sketch)."""
+    k = math.ceil(n_queries / 3)
+    n_g = n_queries - 2 * k
+    s = _rademacher(op, gen, k)
+    q, _ = torch.linalg.qr(op.matmat(s, block_size=block_size).double())  # d × min(d, k), orthonormal
+    exact = float(_quad_forms(op, q, block_size).sum())
+    if n_g <= 0:
+        return exact
+    g = _rademacher(op, gen, n_g).double()
+    g = g - q @ (q.T @ g)
+    return exact + float(_quad_forms(op, g, block_size).mean())
+
+
+# ---- estimators -------------------------------------------------------------------------------------------
+
+
+def _check_common(scope: str, seed: int, ad_mode: str) -> None:
+    if ad_mode not in AD_MODES:
+        raise SpecError(f"unknown ad_mode {ad_mode!r}; choose one of {', '.join(AD_MODES)}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise SpecError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(scope, str):
+        raise SpecError(f"scope must be a string (all, trainable, regex:PATTERN), got {scope!r}")
+
+
+@dataclass
+class HessianMaxSettings:
+    """Settings of :class:`HessianMax`.
+
+    ``method``: ``power`` or ``lanczos``; ``iterations``: maximum Hessian-vector products per run (power
+    iteration may run twice, see module docstring); ``tol``: relative convergence tolerance; ``scope``: the
+    parameters (``all``, ``trainable``, ``regex:PATTERN``, ``lora-merged``; see
+    :mod:`sharpscope.sharpness.scope`); ``ad_mode``: how products are taken
+    (see :mod:`~sharpscope.sharpness.hvp`).
+    """
+
+    method: str = "power"
+    iterations: int = 100
+    tol: float = 1e-4
+    seed: int = 0
+    scope: str = "all"
+    ad_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("power", "lanczos"):
+            raise SpecError(f"hessian-max method must be power or lanczos, got {self.method!r}")
+        if int(self.iterations) < 1:
+            raise SpecError(f"hessian-max iterations must be >= 1, got {self.iterations!r}")
+        if not float(self.tol) >= 0:
+            raise SpecError(f"hessian-max tol must be >= 0, got {self.tol!r}")
+        self.iterations, self.tol = int(self.iterations), float(self.tol)
+        _check_common(self.scope, self.seed, self.ad_mode)
+
+
+@dataclass
+class HessianTraceSettings:
+    """Settings of :class:`HessianTrace`: ``method`` ``hutchinson`` or ``hutch++``; ``n_queries``: Hessian-
+    vector products per batch (≥ 3 for hutch++); ``block_size``: probe vectors per vectorised product (faster,
+    but activation memory × block_size; 1 = one product at a time); ``scope``, ``ad_mode`` as for
+    :class:`HessianMaxSettings`."""
+
+    method: str = "hutchinson"
+    n_queries: int = 30
+    block_size: int = 1
+    seed: int = 0
+    scope: str = "all"
+    ad_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("hutchinson", "hutch++"):
+            raise SpecError(f"hessian-trace method must be hutchinson or hutch++, got {self.method!r}")
+        self.n_queries = int(self.n_queries)
+        if self.n_queries < (3 if self.method == "hutch++" else 1):
+            need = 3 if self.method == "hutch++" else 1
+            raise SpecError(
+                f"hessian-trace n_queries must be >= {need} for {self.method}, got {self.n_queries}"
+            )
+        self.block_size = int(self.block_size)
+        if self.block_size < 1:
+            raise SpecError(f"hessian-trace block_size must be >= 1, got {self.block_size}")
+        _check_common(self.scope, self.seed, self.ad_mode)
+
+
+class _PerBatchCurvature:
+    """Shared loop: one Hessian operator per batch, one algorithm run on it, size-weighted mean."""
+
+    name = "curvature"
+    settings: Any
+
+    def _run(self, op: HessianOperator, gen: torch.Generator) -> tuple[float, dict[str, Any]]:
+        raise NotImplementedError
+
+    def estimate(self, model: nn.Module, batches: Iterable[Any], loss: Loss) -> SharpnessResult:
+        s = self.settings
+        cost = Cost()
+        rows: list[dict[str, Any]] = []
+        mode, fallback = s.ad_mode, None
+        with preserved(model):
+            net, params = resolve_scope(model, s.scope)  # net is a merged copy for lora-merged
+            net.eval()
+            device = model_device(net)
+            dim = sum(p.numel() for p in params.values())
+            for i, batch in enumerate(batches):
+                x, y, size = batch_tensors(batch, device)
+                check_labels(loss, y, i)
+                with torch.no_grad():
+                    logits = logits_of(net(x))
+                    clean = logits if loss.needs_clean else None
+                    loss0 = float(loss(logits, y, clean))
+                cost.forward += 1
+                row: dict[str, Any] = {"index": i, "size": size, "loss": loss0}
+                value = math.nan
+                if math.isfinite(loss0):
+                    op = HessianOperator(net, loss, x, y, params, clean_logits=clean, ad_mode=mode)
+                    value, info = self._run(op, batch_generator(s.seed, i))
+                    row.update(info)
+                    cost.hvp += op.n_matvec
+                    mode = op.mode
+                    fallback = fallback or op.fallback_reason
+                row["value"] = value
+                row["finite"] = math.isfinite(value)
+                rows.append(row)
+        ok = [r for r in rows if r["finite"]]
+        mean, se, ci = weighted_summary([r["value"] for r in ok], [r["size"] for r in ok], seed=s.seed)
+        extra: dict[str, Any] = {"dim": int(dim), "ad_mode": mode}
+        if fallback:
+            extra["ad_fallback_reason"] = fallback
+        return SharpnessResult(
+            measure=self.name,
+            value=mean,
+            stderr=se,
+            ci95=ci,
+            n_utts=sum(r["size"] for r in ok),
+            n_batches=len(ok),
+            per_batch=rows,
+            cost=cost.as_dict(),
+            settings={**settings_dict(s), "loss": loss.name},
+            n_nonfinite=len(rows) - len(ok),
+            extra=extra,
+        )
+
+
+class HessianMax(_PerBatchCurvature):
+    """``hessian-max``: per-batch top Hessian eigenvalue (power iteration or Lanczos)."""
+
+    name = "hessian-max"
+    Settings = HessianMaxSettings
+
+    def __init__(self, settings: HessianMaxSettings | None = None, **kwargs: Any) -> None:
+        if settings is not None and kwargs:
+            raise TypeError("give either a HessianMaxSettings or keyword settings, not both")
+        self.settings = settings if settings is not None else HessianMaxSettings(**kwargs)
+
+    def _run(self, op, gen):
+        s = self.settings
+        algo = power_iteration if s.method == "power" else lanczos
+        est = algo(op, gen, s.iterations, s.tol)
+        info: dict[str, Any] = {"iterations": est.iterations, "converged": est.converged}
+        if est.min_value is not None:
+            info["min_ritz"] = est.min_value
+        if s.method == "power":
+            info["shifted"] = est.shifted
+        return est.value, info
+
+
+class HessianTrace(_PerBatchCurvature):
+    """``hessian-trace``: per-batch Hessian trace (Hutchinson or Hutch++)."""
+
+    name = "hessian-trace"
+    Settings = HessianTraceSettings
+
+    def __init__(self, settings: HessianTraceSettings | None = None, **kwargs: Any) -> None:
+        if settings is not None and kwargs:
+            raise TypeError("give either a HessianTraceSettings or keyword settings, not both")
+        self.settings = settings if settings is not None else HessianTraceSettings(**kwargs)
+
+    def _run(self, op, gen):
+        s = self.settings
+        if s.method == "hutchinson":
+            tr, se = hutchinson(op, gen, s.n_queries, s.block_size)
+            return tr, {"query_stderr": se}
+        return hutchpp(op, gen, s.n_queries, s.block_size), {}
