@@ -650,7 +650,7 @@ def default_hyperparams(tab: pd.DataFrame) -> list[str]:
 
     Dropped: ``meta_n_params`` (a consequence, not a choice); text columns unique per checkpoint
     (identifiers); and any column that is a function of another candidate (e.g. ``meta_sam_rho`` given
-    ``meta_optimizer``), since conditioning on it would only shrink the groups.  Of two mutually determined
+    ``meta_method``), since conditioning on it would only shrink the groups.  Of two mutually determined
     columns the first in sorted order is kept.
     """
     ck = tab.drop_duplicates("checkpoint")
@@ -847,7 +847,7 @@ def partial_correlate(
     df: pd.DataFrame,
     x: str,
     y: str = "eer",
-    control: str | Sequence[str] = "meta_optimizer",
+    control: str | Sequence[str] = "meta_method",
     *,
     by: str | Sequence[str] = ("testset",),
     methods: Sequence[str] = ("spearman", "pearson"),

@@ -36,7 +36,7 @@ SPEC = {
         "by_method": {
             "source": "run/results.parquet",
             "kind": "eer-by-method",
-            "filters": {"meta_optimizer": ["ERM", "SAM"], "in_domain": False},
+            "filters": {"meta_method": ["ERM", "SAM"], "in_domain": False},
             "dpi": 150,
         },
     },
@@ -92,7 +92,7 @@ def test_sizes_follow_the_spec(workdir):
 
 def test_filters_select_rows(workdir):
     specs = {s.name: s for s in load_spec(workdir / "figs.yaml")}
-    assert specs["by_method"].filters == {"meta_optimizer": ["ERM", "SAM"], "in_domain": False}
+    assert specs["by_method"].filters == {"meta_method": ["ERM", "SAM"], "in_domain": False}
     assert specs["heat"].size == (3.5, 1.6) and specs["heat"].formats == ("pdf", "png")
     assert specs["scatter_codec"].style == {"font_size": 7, "legend": False}
     build_figures(workdir / "figs.yaml", workdir / "out")

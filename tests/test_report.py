@@ -48,7 +48,7 @@ def test_example_results_schema_seeded_and_synthetic():
     )
     need = (
         "checkpoint arch testset in_domain subset measure rho seed loss value stderr ci_lo ci_hi n_utts eer "
-        "eer_ci_lo eer_ci_hi min_dcf cllr n_bonafide n_spoof meta_optimizer meta_sam_rho meta_seed meta_lr "
+        "eer_ci_lo eer_ci_hi min_dcf cllr n_bonafide n_spoof meta_method meta_sam_rho meta_seed meta_lr "
         "meta_lora_rank meta_n_params git_revision spec_hash config_hash extra"
     ).split()
     assert set(need) <= set(a.columns)
@@ -171,9 +171,9 @@ def test_landscape_accepts_list_and_string_columns(df):
     for table in (rows, as_lists):
         fig = plots.landscape(table)
         ax = fig.axes[0]
-        assert len(ax.get_lines()) == table["meta_optimizer"].nunique()
+        assert len(ax.get_lines()) == table["meta_method"].nunique()
     # mean ± std band: the mean line of ERM equals the mean of its checkpoints' curves
-    erm = rows[(rows.testset == "in-domain") & (rows.meta_optimizer == "ERM")]
+    erm = rows[(rows.testset == "in-domain") & (rows.meta_method == "ERM")]
     mean = np.mean([json.loads(s)["mean"] for s in erm["extra"]], axis=0)
     fig = plots.landscape(rows, testsets=["in-domain"])
     line = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("ERM")][0]

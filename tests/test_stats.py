@@ -284,7 +284,7 @@ def test_column_as_x_and_selection_errors(df):
     with pytest.raises(SharpscopeError, match="varies within checkpoint"):
         stats.correlate(df, "value", "eer")
     with pytest.raises(SharpscopeError, match="is not numeric"):
-        stats.correlate(df, "meta_optimizer", "eer")
+        stats.correlate(df, "meta_method", "eer")
     with pytest.raises(SharpscopeError, match="no rows with rho=0.5"):
         stats.correlate(df, "m-sharpness", rho=0.5)
 
@@ -417,14 +417,14 @@ def test_partial_correlation_degenerate_cases():
 
 
 def test_partial_correlate_table(df):
-    out = stats.partial_correlate(df, "m-sharpness", "eer", "meta_optimizer", rho=0.05)
+    out = stats.partial_correlate(df, "m-sharpness", "eer", "meta_method", rho=0.05)
     assert set(out["method"]) == {"partial-spearman", "partial-pearson"}
     x, y = _pairs(df, "m-sharpness", 0.05, "codec")
-    opt = df[df.testset == "codec"].groupby("checkpoint")["meta_optimizer"].first().sort_index()
+    opt = df[df.testset == "codec"].groupby("checkpoint")["meta_method"].first().sort_index()
     ref = stats.partial_corr(x, y, pd.DataFrame({"o": opt.to_numpy()}), "spearman")
     row = out[(out.testset == "codec") & (out.method == "partial-spearman")].iloc[0]
     assert row["coef"] == pytest.approx(ref.coef, abs=1e-12) and row["p"] == pytest.approx(ref.p, abs=1e-12)
-    assert row["control"] == "meta_optimizer"
+    assert row["control"] == "meta_method"
 
 
 # ---- domain shift ------------------------------------------------------------------------------------------
@@ -500,7 +500,7 @@ def test_cli_correlate_writes_csv_md_tex(tmp_path, df):
             "--n-boot",
             "50",
             "--control",
-            "meta_optimizer",
+            "meta_method",
             "--out",
             str(tmp_path / "corr"),
         ],

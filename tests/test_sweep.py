@@ -20,8 +20,8 @@ VOLATILE = ["wall_s", "cell_id"]
 def make_study(tmp_path: Path, corpus: dict[str, Path], measures=None, subsets=None) -> Path:
     ck = tmp_path / "zoo"
     ck.mkdir(exist_ok=True)
-    write_tiny_checkpoint(ck / "erm.safetensors", 0, {"optimizer": "ERM", "seed": 0})
-    write_tiny_checkpoint(ck / "sam.safetensors", 1, {"optimizer": "SAM", "sam_rho": 0.05, "seed": 1})
+    write_tiny_checkpoint(ck / "erm.safetensors", 0, {"method": "erm", "seed": 0})
+    write_tiny_checkpoint(ck / "sam.safetensors", 1, {"method": "sam", "sam_rho": 0.05, "seed": 1})
     spec = {
         "name": "t",
         "seeds": [0],
@@ -85,7 +85,7 @@ def test_rho_and_loss_lists_expand(tmp_path, tiny_corpus):
         (0.05, "kl-to-clean"),
     ]
     assert len(study.checkpoints) == 2
-    assert study.checkpoints[1].meta["optimizer"] == "SAM"
+    assert study.checkpoints[1].meta["method"] == "sam"
 
 
 def test_local_sweep_table_resume_and_force(tmp_path, tiny_corpus):
@@ -96,7 +96,7 @@ def test_local_sweep_table_resume_and_force(tmp_path, tiny_corpus):
     df = pd.read_parquet(out / "results.parquet")
     assert len(df) == 2 * 2 * 4  # checkpoints x testsets x (2 rho x 2 losses)
     assert not df.duplicated(["checkpoint", "testset", "subset", "measure", "rho", "loss", "seed"]).any()
-    assert set(df["meta_optimizer"]) == {"ERM", "SAM"}
+    assert set(df["meta_method"]) == {"erm", "sam"}
     assert df["n_bonafide"].eq(6).all() and df["n_spoof"].eq(6).all()
     assert df["value"].notna().all() and df["eer"].between(0, 1).all()
     # larger radius -> larger sharpness on every (checkpoint, testset, loss)

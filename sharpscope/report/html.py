@@ -172,15 +172,15 @@ def analyse(
     if "eer" in base.columns:
         eer = base.groupby(["checkpoint", "testset"], sort=True)["eer"].first().unstack("testset")
         eer = eer.reindex(columns=[t for t in order if t in eer.columns]).reset_index()
-        if "meta_optimizer" in base.columns:
-            opt = base.groupby("checkpoint")["meta_optimizer"].first()
+        if "meta_method" in base.columns:
+            opt = base.groupby("checkpoint")["meta_method"].first()
             eer.insert(1, "optimizer", eer["checkpoint"].map(opt))
         eer.columns.name = None
         out["eer"] = eer
         out["shift"] = stats.testset_shift(base)
     corr, gran, shift, part = [], [], [], []
     has_meta = any(c.startswith("meta_") for c in df.columns)
-    ctrl = "meta_optimizer" if "meta_optimizer" in df.columns and df["meta_optimizer"].nunique() > 1 else None
+    ctrl = "meta_method" if "meta_method" in df.columns and df["meta_method"].nunique() > 1 else None
     in_domain_known = (
         "in_domain" in base.columns and base.loc[base["in_domain"].astype(bool), "testset"].nunique() == 1
     )
@@ -317,7 +317,7 @@ def _figures(
                 df,
                 measure=meas,
             )
-    if "meta_optimizer" in df.columns and "eer" in df.columns:
+    if "meta_method" in df.columns and "eer" in df.columns:
         _try_figure(
             figs,
             problems,

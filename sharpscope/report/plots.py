@@ -122,8 +122,8 @@ def _label(measure: str, rho: float | None) -> str:
 def _hue_column(tab: pd.DataFrame, hue: str | None) -> str | None:
     if hue and hue in tab.columns:
         return hue
-    if hue is None and "meta_optimizer" in tab.columns:
-        return "meta_optimizer"
+    if hue is None and "meta_method" in tab.columns:
+        return "meta_method"
     return None
 
 
@@ -489,7 +489,7 @@ def landscape(
 ) -> Figure:
     """1-D loss landscape curves (from the JSON column ``extra``), mean ± sd band per group per test set.
 
-    ``group`` defaults to ``meta_optimizer`` when present, else every checkpoint is its own line.  Curves of
+    ``group`` defaults to ``meta_method`` when present, else every checkpoint is its own line.  Curves of
     one group must share their x grid; otherwise they are linearly interpolated onto the first curve's grid.
     """
     _check_style(style)
@@ -500,7 +500,7 @@ def landscape(
     curves = [(r, c) for r, c in curves if c is not None]
     if not curves:
         raise SharpscopeError(f"landscape: no rows of measure {measure!r} carry a curve in {column!r}")
-    grp = group or ("meta_optimizer" if "meta_optimizer" in rows.columns else "checkpoint")
+    grp = group or ("meta_method" if "meta_method" in rows.columns else "checkpoint")
     if grp not in rows.columns:
         raise SharpscopeError(f"landscape: group column {grp!r} not in the table")
     names = [t for t in stats.testset_order(df) if t in set(rows["testset"])]
@@ -537,7 +537,7 @@ def eer_by_method(
     df: pd.DataFrame,
     ax: Axes | None = None,
     *,
-    method_col: str = "meta_optimizer",
+    method_col: str = "meta_method",
     metric: str = "eer",
     subset: str | None = None,
     testsets: Sequence[str] | None = None,

@@ -55,7 +55,7 @@ def example_results(
     for i in range(n_ckpt):
         opt = _OPTIMIZERS[i % 4]
         meta = {
-            "meta_optimizer": opt,
+            "meta_method": opt,
             "meta_sam_rho": _SAM_RHO[opt],
             "meta_seed": i // 4,
             "meta_lr": 1e-4,

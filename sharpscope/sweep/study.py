@@ -165,7 +165,12 @@ def checkpoint_meta(ckpt: Path) -> dict[str, Any]:
     """
     side = _read_sidecar(ckpt)
     if side.get("format") == "sharpscope-checkpoint":
-        side = {k: v for k, v in (side.get("meta") or {}).items() if k != "provenance"}
+        # the full config, model config and provenance are in the sidecar; the table keeps the scalars
+        side = {
+            k: v
+            for k, v in (side.get("meta") or {}).items()
+            if k not in ("provenance", "config", "model_cfg")
+        }
     return _flat_meta(side)
 
 
