@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -42,17 +43,643 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # ---- manifest commands (sharpscope/data) ---------------------------------------------------------------
 
+manifest_app = typer.Typer(
+    help="Build manifests from public corpora (official layouts) and check them: labels, duplicates, "
+    "missing or unreadable audio, class counts.",
+    no_args_is_help=True,
+)
+app.add_typer(manifest_app, name="manifest")
+
+
+def _manifest_counts_table(counts: Any, title: str) -> Any:
+    """A rich table of a class-count DataFrame (from ``sharpscope.data.manifest.class_counts``)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    numeric = {"bonafide", "spoof", "unknown", "total"}
+    for c in counts.columns:
+        table.add_column(str(c), justify="right" if c in numeric else "left")
+    for row in counts.itertuples(index=False):
+        table.add_row(*[str(v) for v in row])
+    return table
+
+
+def _parse_converter_options(items: list[str] | None) -> dict[str, str]:
+    from .errors import ManifestError
+
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ManifestError(f"--option {item!r} is not KEY=VALUE (e.g. --option mailabs_root=DIR)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@manifest_app.command("build")
+@user_errors
+def manifest_build_cmd(
+    kind: str = typer.Argument(..., help="Corpus kind (list them with `sharpscope manifest kinds`)."),
+    root: Path = typer.Option(..., "--root", help="Folder holding the corpus in its official layout."),
+    out: Path = typer.Option(..., "--out", help="Manifest to write (.csv/.tsv/.parquet)."),
+    only_eval: bool = typer.Option(False, "--only-eval", help="ASVspoof 2021: keep phase 'eval' only."),
+    subset: list[str] | None = typer.Option(
+        None, "--subset", help="Partition(s) to include, repeatable or comma-separated (train, dev, eval)."
+    ),
+    option: list[str] | None = typer.Option(
+        None, "--option", "-o", help="Converter option KEY=VALUE, repeatable (e.g. mailabs_root=DIR)."
+    ),
+) -> None:
+    """Convert a corpus' official protocol files into a manifest with absolute audio paths."""
+    from .data.converters import build_manifest
+    from .data.manifest import class_counts, manifest_hash, write_manifest
+
+    opts: dict[str, Any] = _parse_converter_options(option)
+    if only_eval:
+        opts["only_eval"] = True
+    if subset:
+        opts["subset"] = list(subset)
+    df = build_manifest(kind, root, **opts)
+    path = write_manifest(df, out)
+    console = Console()
+    console.print(_manifest_counts_table(class_counts(df, by=("dataset", "subset")), f"{kind}: class counts"))
+    n_attacks = df["attack"].nunique() if "attack" in df.columns else 0
+    console.print(
+        f"wrote {len(df)} rows to {path} ({n_attacks} attack ids incl. bonafide; hash {manifest_hash(df)})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@manifest_app.command("check")
+@user_errors
+def manifest_check_cmd(
+    file: Path = typer.Argument(..., help="Manifest to check (.csv/.tsv/.parquet)."),
+    audio: bool = typer.Option(False, "--audio", help="Open every file: unreadable audio, rates, durations."),
+    root: Path | None = typer.Option(None, "--root", help="Base of relative paths (default: its folder)."),
+    limit: int = typer.Option(200, "--limit", help="Print at most this many problems (0 = all)."),
+    workers: int = typer.Option(4, "--workers", help="Threads probing audio with --audio."),
+) -> None:
+    """List every problem of a manifest, one line each, then a summary; exit 1 if there are problems."""
+    from rich.progress import Progress
+
+    from .data.manifest import check_manifest
+
+    console = Console()
+    if audio:
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task("probing audio", total=None)
+            report = check_manifest(
+                file, audio=True, root=root, workers=workers, progress=lambda k: bar.advance(task, k)
+            )
+    else:
+        report = check_manifest(file, root=root)
+    lines = report.lines()
+    shown = lines if limit <= 0 else lines[:limit]
+    for line in shown:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if len(shown) < len(lines):
+        rest = len(lines) - len(shown)
+        console.print(f"... and {rest} more problems (--limit 0 lists all)", highlight=False)
+    console.print(_manifest_counts_table(report.class_counts, f"{file}: {report.n_rows} rows"))
+    if report.sample_rates is not None:
+        rates = ", ".join(f"{sr} Hz: {n}" for sr, n in report.sample_rates.items()) or "none readable"
+        console.print(f"sample rates: {rates}", highlight=False)
+    if report.durations:
+        d = report.durations
+        console.print(
+            f"durations (s): min {d['min']:.2f}, median {d['median']:.2f}, max {d['max']:.2f}, "
+            f"total {d['total'] / 3600:.2f} h",
+            highlight=False,
+        )
+    if report.ok:
+        console.print(f"[green]ok:[/green] {file}: no problems", highlight=False, soft_wrap=True)
+        return
+    console.print(
+        f"[red]{len(lines)} problem(s)[/red] in {file} (rows are 1-based data rows, header not counted)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1)
+
+
+@manifest_app.command("kinds")
+def manifest_kinds_cmd() -> None:
+    """List the corpus kinds `manifest build` knows, with their options."""
+    from .data.converters import CONVERTERS, converter_options
+
+    console = Console()
+    for name, fn in CONVERTERS.items():
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        opts = ", ".join(converter_options(name)) or "-"
+        console.print(f"[bold]{name}[/bold]  options: {opts}\n    {doc}", highlight=False, soft_wrap=True)
+
+
 # ---- score / metrics commands (sharpscope/scoring.py, sharpscope/metrics.py) -------------------------
+
+
+def _metrics_summary(result: dict[str, Any], out: Path) -> None:
+    """Short rich summary of a metrics.json: EER (95% CI), minDCF, actDCF, Cllr, counts, files."""
+    from rich.table import Table
+
+    console = Console()
+    if result.get("eer") is None:
+        console.print(f"[yellow]{result.get('note', 'no metrics')}[/yellow]")
+    else:
+        t = Table(show_header=False, box=None, pad_edge=False)
+        ci = result.get("eer_ci95")
+        ci_txt = f"  (95% CI {100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if ci else ""
+        t.add_row("EER", f"{100 * result['eer']:.3f} %{ci_txt}")
+        t.add_row("minDCF", f"{result['min_dcf']:.4f}")
+        t.add_row("actDCF", f"{result['act_dcf']:.4f}")
+        t.add_row("Cllr", f"{result['cllr']:.4f} bits")
+        t.add_row("trials", f"{result['n_bonafide']} bona fide, {result['n_spoof']} spoof")
+        if "matching" in result:
+            mt = result["matching"]
+            t.add_row("matched", f"{mt['n_matched']} of {mt['n_scores']} scores / {mt['n_manifest']} rows")
+        console.print(t)
+    for name in result.get("files", {}).values():
+        console.print(f"wrote {out / name}", highlight=False)
+
+
+@app.command("score")
+@user_errors
+def score_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file or directory."),
+    manifest: Path = typer.Argument(..., help="Manifest (CSV/Parquet) of the utterances to score."),
+    arch: str = typer.Option(..., "--arch", help="aasist | aasist-l | ssl-aasist | ssl-linear"),
+    out: Path = typer.Option(..., "--out", help="Output directory (scores.csv, metrics.json)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Utterances per forward pass."),
+    crop: str = typer.Option("first", "--crop", help="first (64,600 samples, tiled) | full (whole clips)."),
+    score: str = typer.Option(
+        "bonafide-logit", "--score", help="bonafide-logit (reference) | logit-diff | log-softmax"
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", help="Also write an official score file: csv|asvspoof2019|asvspoof2021|asvspoof5"
+    ),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint", help="Allow pickled (non-weights-only) checkpoints you trust."
+    ),
+    model_config: Path | None = typer.Option(
+        None, "--model-config", help="JSON/YAML file of model-builder arguments."
+    ),
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence interval."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the EER CI (0 = none)."),
+) -> None:
+    """Score a manifest with a checkpoint; write scores.csv and metrics.json (EER, minDCF, actDCF, Cllr)."""
+    from .scoring import read_model_config, run_score
+
+    result = run_score(
+        checkpoint, manifest, arch, out, batch_size=batch_size, crop=crop, score=score, fmt=fmt,
+        trust_checkpoint=trust_checkpoint, model_cfg=read_model_config(model_config), device=device,
+        seed=seed, n_boot=n_boot,
+    )  # fmt: skip
+    _metrics_summary(result, out)
+
+
+@app.command("metrics")
+@user_errors
+def metrics_cmd(
+    scores: Path = typer.Argument(..., help="Score file from any toolkit."),
+    manifest: Path = typer.Argument(..., help="Manifest with the labels (and attack/codec/transmission)."),
+    fmt: str = typer.Option("csv", "--format", help="csv | asvspoof2019 | asvspoof2021 | asvspoof5"),
+    out: Path = typer.Option(..., "--out", help="Output directory (metrics.json)."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Evaluate only the ids present in both files (counts are recorded)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence interval."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the EER CI (0 = none)."),
+) -> None:
+    """Evaluate an external score file against a manifest: metrics.json with per-attack/codec breakdowns."""
+    from .scoring import run_metrics
+
+    result = run_metrics(
+        scores, manifest, out, fmt=fmt, allow_partial=allow_partial, seed=seed, n_boot=n_boot
+    )
+    _metrics_summary(result, out)
+
 
 # ---- sharpness commands (sharpscope/sharpness) ---------------------------------------------------------
 
+
+@app.command("sharpness")
+@user_errors
+def sharpness_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file or directory."),
+    manifest: Path = typer.Argument(..., help="Manifest (CSV/Parquet) of the utterances."),
+    arch: str | None = typer.Option(None, "--arch", help="aasist | aasist-l | ssl-aasist | ssl-linear"),
+    measure: str = typer.Option(
+        ...,
+        "--measure",
+        help="m-sharpness | worst-case | average-case | hessian-max | hessian-trace | landscape",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output directory (sharpness.json, scores.csv, metrics.json)."
+    ),
+    rho: float | None = typer.Option(None, "--rho", help="Radius (m-sharpness, worst-case) or noise sigma."),
+    adaptive: bool | None = typer.Option(None, "--adaptive/--no-adaptive", help="Scale by |w| (ASAM)."),
+    norm: str | None = typer.Option(None, "--norm", help="worst-case ball: linf | l2"),
+    steps: int | None = typer.Option(None, "--steps", help="worst-case APGD iterations (default 20)."),
+    samples: int | None = typer.Option(None, "--samples", help="average-case noise samples per batch (K)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Utterances per batch (m of m-sharpness)."),
+    scope: str | None = typer.Option(None, "--scope", help="all | trainable | regex:PATTERN | lora-merged"),
+    per_layer: int | None = typer.Option(
+        None, "--per-layer", help="Also per module group at this name depth."
+    ),
+    loss: list[str] = typer.Option(
+        ["weighted-ce"],
+        "--loss",
+        help="weighted-ce | ce | kl-to-clean; repeat for several on the same batches.",
+    ),
+    order: str = typer.Option("manifest", "--order", help="Batch order: manifest | shuffled | balanced"),
+    budget: int | None = typer.Option(None, "--budget", help="Stop after at least N utterances."),
+    ci_width: float | None = typer.Option(
+        None, "--ci-width", help="Stop at this relative 95% CI half-width."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of noise, random starts, batch order and bootstrap."),
+    crop: str = typer.Option("first", "--crop", help="first (64,600 samples, tiled) | full (whole clips)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint", help="Allow pickled (non-weights-only) checkpoints you trust."
+    ),
+    model_config: Path | None = typer.Option(
+        None, "--model-config", help="JSON/YAML file of model-builder arguments."
+    ),
+) -> None:
+    """Sharpness of a checkpoint on a manifest; the same pass gives the scores and EER."""
+    from .scoring import read_model_config
+    from .sharpness.registry import measure_settings
+    from .sharpness.runner import run_sharpness
+
+    given = {
+        "rho": rho, "adaptive": adaptive, "norm": norm, "steps": steps, "samples": samples, "scope": scope,
+        "per_layer": per_layer, "budget": budget, "ci_width": ci_width, "precision": precision,
+    }  # fmt: skip
+    settings = {k: v for k, v in given.items() if v is not None}
+    if "seed" in measure_settings(measure):
+        settings["seed"] = seed
+    doc = run_sharpness(
+        str(checkpoint), str(manifest), arch, measure, str(out), settings, loss, batch_size=batch_size,
+        crop=crop, order=order, trust_checkpoint=trust_checkpoint, model_cfg=read_model_config(model_config),
+        device=device,
+    )  # fmt: skip
+    console = Console()
+    r = doc["result"]
+    ci = r.get("ci95") or [None, None]
+
+    def fmt(v: Any) -> str:
+        return "nan" if v is None else f"{v:.6g}"
+
+    console.print(
+        f"{doc['measure']} ({doc['loss']}): {fmt(r['value'])} ± {fmt(r['stderr'])}  95% CI [{fmt(ci[0])}, "
+        f"{fmt(ci[1])}]  {r['n_utts']} utts / {r['n_batches']} batches, {r['n_nonfinite']} non-finite",
+        highlight=False,
+    )
+    for name, other in doc["other_losses"].items():
+        console.print(f"  {name}: {fmt(other['value'])} ± {fmt(other['stderr'])}", highlight=False)
+    metrics = doc["metrics"] or {}
+    if metrics.get("eer") is not None:
+        console.print(f"EER {100 * metrics['eer']:.3f} %", highlight=False)
+    elif metrics.get("error"):
+        console.print(f"[yellow]no metrics: {metrics['error']}[/yellow]", highlight=False)
+    for name in doc["files"].values():
+        console.print(f"wrote {out / name}", highlight=False)
+
+
 # ---- sweep commands (sharpscope/sweep) -----------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def sweep(
+    study: Path = typer.Argument(..., help="Study spec (YAML), e.g. analyses/demo.yaml."),
+    out: Path = typer.Option(Path("results"), "--out", help="RESULTS directory."),
+    executor: str = typer.Option("local", help="local | ray | slurm"),
+    workers: int = typer.Option(1, help="Parallel cells (ray / slurm)."),
+    threads: int = typer.Option(0, help="Torch threads per cell (0 = all cores for local, 1 for ray/slurm)."),
+    force: bool = typer.Option(False, "--force", help="Recompute finished cells."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+    ray_address: str = typer.Option(None, help="Existing Ray cluster address (default: start Ray locally)."),
+    slurm_cluster: str = typer.Option("slurm", help="submitit cluster: slurm, or local."),
+    slurm_partition: str = typer.Option(None, help="Slurm partition."),
+) -> None:
+    """Sharpness sweep: checkpoints x test sets x measures, resumable; writes OUT/results.parquet + .csv."""
+    import torch
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from .sweep.executors import ExecOptions
+    from .sweep.sweep import run_sweep
+
+    console = Console()
+    n_threads = threads or (torch.get_num_threads() if executor == "local" else 1)
+    opts = ExecOptions(
+        workers=workers,
+        num_threads=n_threads,
+        ray_address=ray_address,
+        slurm_cluster=slurm_cluster,
+        slurm_partition=slurm_partition,
+    )
+    if dry_run:
+        res = run_sweep(study, out, executor, opts, force=force, dry_run=True)
+        t = Table(title=f"plan: {len(res.cells)} cells, {len(res.todo_ids)} to run")
+        for col in ("cell id", "checkpoint", "evaluation set", "measures", "status"):
+            t.add_column(col)
+        for c in res.cells:
+            sub = f" [{c.evalset.subset}]" if c.evalset.subset else ""
+            measures = ", ".join(f"{m.name}({m.loss}, rho={m.rho})" for m in c.measures) or "EER only"
+            status = "to run" if c.cell_id in res.todo_ids else "done"
+            t.add_row(c.cell_id, c.checkpoint.name, c.evalset.testset + sub, measures, status)
+        console.print(t)
+        return
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[current]}"),
+        console=console,
+    ) as prog:
+        task = prog.add_task("cells", total=None, current="")
+
+        def on_plan(todo, total):
+            prog.update(task, total=len(todo), current=f"({total - len(todo)} already done)")
+
+        def on_start(cell):
+            prog.update(task, current=escape(cell.describe()))
+
+        def on_done(cell, i, n):
+            prog.update(task, completed=i, current=escape(cell.describe()))
+
+        res = run_sweep(
+            study, out, executor, opts, force=force, on_done=on_done, on_start=on_start, on_plan=on_plan
+        )
+    console.print(
+        f"{res.ran} cells computed, {res.skipped} reused; {res.merge.n_rows} rows -> "
+        f"{out / 'results.parquet'} and {out / 'results.csv'}"
+    )
+    for p in res.merge.problems:
+        err_console.print(f"[yellow]not merged:[/yellow] {p}", highlight=False, soft_wrap=True)
+    if res.merge.problems:
+        raise typer.Exit(1)
+
 
 # ---- statistics / report / figures commands (sharpscope/stats.py, sharpscope/report) -------------------
 
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@app.command("correlate")
+@user_errors
+def correlate_cmd(
+    results: Path = typer.Argument(..., help="Results directory (results.parquet/.csv) or table file."),
+    x: str = typer.Option(..., "--x", help="Measure name (e.g. m-sharpness) or a column of the table."),
+    y: str = typer.Option("eer", "--y", help="Generalization column: eer, eer_gap (EER − in-domain EER)."),
+    by: str = typer.Option("testset", "--by", help="Comma list of scopes: testset, pooled, domain."),
+    method: str = typer.Option(
+        "spearman,pearson,kendall", "--method", help="Comma list: spearman, pearson, pearson-log, kendall."
+    ),
+    rho: float | None = typer.Option(None, "--rho", help="Perturbation radius of the measure's rows."),
+    loss: str | None = typer.Option(None, "--loss", help="Loss of the measure's rows (when several)."),
+    subset: str | None = typer.Option(None, "--subset", help="Subset rows to use (default: the full set)."),
+    x_testset: str | None = typer.Option(
+        None, "--x-testset", help="Take x from this test set for every y test set (e.g. in-domain)."
+    ),
+    control: str | None = typer.Option(
+        None, "--control", help="Also report partial correlations controlling for this column."
+    ),
+    pvalue: str = typer.Option("auto", "--pvalue", help="auto | asymptotic | permutation."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples over checkpoints (0: no CI)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of bootstrap and permutation draws."),
+    drop_nan: bool = typer.Option(False, "--drop-nan", help="Exclude NaN pairs (counted), do not fail."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the table: .csv, .md or .tex by suffix; any other name writes all three."
+    ),
+) -> None:
+    """Correlate a sharpness measure with EER across checkpoints (per test set, pooled, in/out of domain)."""
+    from rich.table import Table
+
+    from . import stats
+    from .report.tables import format_value, load_results, write_table
+
+    df = load_results(results)
+    common = dict(rho=rho, loss=loss, subset=subset, x_testset=x_testset, dropna=drop_nan)
+    scopes, methods = _csv_list(by), _csv_list(method)
+    table = stats.correlate(
+        df, x, y, by=scopes, methods=methods, pvalue=pvalue, n_boot=n_boot, seed=seed, **common
+    )
+    if control:
+        import pandas as pd
+
+        part = stats.partial_correlate(df, x, y, control, by=scopes, **common)
+        table = pd.concat([table, part], ignore_index=True)
+    console = Console()
+    t = Table(title=f"{x} vs {y}", title_justify="left")
+    for c in ("testset", "method", "n", "coef", "95% CI", "p", "p_method", "p_holm", "p_bh", "note"):
+        t.add_column(c, justify="left" if c in ("testset", "method", "p_method") else "right")
+    notes: list[str] = []
+    for r in table.to_dict("records"):
+        lo, hi = format_value(r.get("ci_lo")), format_value(r.get("ci_hi"))
+        ci = "" if lo == "–" else f"[{lo}, {hi}]"
+        note = r.get("note") or ""
+        if note and note not in notes:
+            notes.append(note)
+        ref = str(notes.index(note) + 1) if note else ""
+        vals = [r.get(c) for c in ("testset", "method", "n", "coef")] + [ci]
+        vals += [r.get(c) for c in ("p", "p_method", "p_holm", "p_bh")]
+        t.add_row(*(format_value(v) for v in vals), ref)
+    console.print(t)
+    for i, note in enumerate(notes, 1):
+        console.print(f"  {i}: {note}", highlight=False)
+    if out is not None:
+        for p in write_table(table, out, caption=f"Correlation of {x} with {y}."):
+            console.print(f"wrote {p}", highlight=False)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    results: Path = typer.Argument(..., help="Results directory (results.parquet/.csv) or table file."),
+    out: Path = typer.Option(..., "--out", help="Report directory, e.g. reports/NAME."),
+    spec: Path | None = typer.Option(None, "--spec", help="Study spec YAML to show in the report."),
+    title: str = typer.Option("sharpscope report", "--title", help="Report title."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the correlation CIs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of bootstrap and permutation draws."),
+    formats: str = typer.Option("png,svg", "--formats", help="Figure files written next to the report."),
+    max_measures: int = typer.Option(8, "--max-measures", help="Draw per-measure figures for at most N."),
+) -> None:
+    """Write a self-contained HTML report (plus report.md, tables.tex, figures/) from a results table."""
+    import yaml
+
+    from .errors import SpecError
+    from .report.html import build_report
+
+    spec_obj = None
+    if spec is not None:
+        try:
+            spec_obj = yaml.safe_load(spec.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SpecError(f"{spec}: cannot read the study spec ({exc.__class__.__name__})") from None
+    index = build_report(
+        results,
+        out,
+        spec=spec_obj,
+        title=title,
+        n_boot=n_boot,
+        seed=seed,
+        max_measures=max_measures,
+        figure_formats=tuple(_csv_list(formats)),
+    )
+    Console().print(f"wrote {index} (+ report.md, tables.tex, figures/, tables/)", highlight=False)
+
+
+@app.command("figures")
+@user_errors
+def figures_cmd(
+    spec: Path = typer.Argument(..., help="Figure spec YAML: named figures (source, kind, filters, size)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for NAME.pdf/.svg/.png."),
+) -> None:
+    """Rebuild paper figures from stored tables; byte-identical on re-run."""
+    from .report.figures import build_figures
+
+    written = build_figures(spec, out)
+    Console().print(f"wrote {len(written)} files to {out}", highlight=False)
+
+
 # ---- train / zoo commands (sharpscope/train) -----------------------------------------------------------
 
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    config: Path = typer.Argument(..., help="Training YAML (arch, data, optimizer, sam/mldg, lora...)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, sidecars, history, resume state."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show rich progress bars."),
+) -> None:
+    """Train a countermeasure (ERM, SAM/ASAM or MLDG; full, frozen-SSL or LoRA); resumes automatically."""
+    from rich.table import Table
+
+    from .train.config import load_config
+    from .train.loop import train
+
+    console = Console()
+    cfg = load_config(config)
+    result = train(cfg, out, progress=progress, log=lambda m: console.print(m, highlight=False))
+    t = Table(show_header=False, box=None, pad_edge=False)
+    best = [h for h in result.history if h.get("best")]
+    t.add_row("epochs", f"{result.epochs_done} ({result.global_step} steps)")
+    if best:
+        t.add_row("best dev EER", f"{100 * best[-1]['dev_eer']:.3f} % (epoch {best[-1]['epoch']})")
+    for label, path in (("best", result.best), ("last", result.last)):
+        if path is not None:
+            t.add_row(label, str(path))
+    console.print(t)
+
+
 # ---- demo commands (sharpscope/data/demo_corpus.py, sharpscope/demo.py) --------------------------------
+
+
+@app.command()
+@user_errors
+def zoo(
+    spec: Path = typer.Argument(..., help="Zoo spec (YAML): a base training config and a grid of runs."),
+    out: Path = typer.Option(..., "--out", help="Folder of the runs (one sub-folder per run)."),
+    executor: str = typer.Option("local", help="local | ray | slurm"),
+    workers: int = typer.Option(1, help="Parallel runs (ray / slurm)."),
+    threads: int = typer.Option(0, help="Torch threads per run (0 = default)."),
+    ray_address: str = typer.Option(None, help="Existing Ray cluster address."),
+    slurm_cluster: str = typer.Option("slurm", help="submitit cluster: slurm, or local."),
+) -> None:
+    """Train a checkpoint zoo (method x rho x lr x seed x LoRA rank ...); finished runs are reused."""
+    from .sweep.executors import ExecOptions
+    from .train.zoo import run_zoo
+
+    console = Console()
+    opts = ExecOptions(
+        workers=workers, num_threads=threads, ray_address=ray_address, slurm_cluster=slurm_cluster
+    )
+    runs = run_zoo(spec, out, executor, opts, on_done=lambda n, i, t: console.print(f"trained {i}/{t}: {n}"))
+    for r in runs:
+        console.print(f"{r['name']}: best={r['best']}")
+
+
+demo_app = typer.Typer(
+    help="The embedded demo: a whole sharpness-vs-EER study offline, in minutes.", invoke_without_command=True
+)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.callback()
+@user_errors
+def demo(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("demo_run"), "--out", help="Working folder (corpus, zoo, results)."),
+    report: Path = typer.Option(Path("reports/demo"), "--report", help="Report folder."),
+    small: bool = typer.Option(False, "--small", help="A reduced corpus (used by the tests)."),
+) -> None:
+    """Run the demo study: corpus -> zoo -> sweep -> report (cached; a rerun reuses finished steps)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from rich.table import Table
+
+    from .data.demo_corpus import CorpusConfig
+    from .demo import run_demo
+
+    console = Console()
+    t0 = time.perf_counter()
+    cfg = CorpusConfig(n_train=16, n_dev=8, n_test=12) if small else CorpusConfig()
+    res = run_demo(out, report, corpus=cfg, say=lambda m: console.print(m, markup=False, highlight=False))
+    if res.summary is not None and not res.summary.empty:
+        t = Table(title="demo: mean over checkpoints per domain (m-sharpness rho=0.05, weighted CE)")
+        for col in ("domain", "EER %", "m-sharpness", "checkpoints"):
+            t.add_column(col)
+        for _, r in res.summary.iterrows():
+            t.add_row(
+                str(r["testset"]),
+                f"{100 * r['eer_mean']:.1f}",
+                f"{r['sharpness_mean']:.4f}",
+                str(r["n_checkpoints"]),
+            )
+        console.print(t)
+    if res.correlations is not None and not res.correlations.empty:
+        t = Table(title="sharpness vs EER across checkpoints, per domain")
+        for col in ("domain", "method", "coef", "p", "n"):
+            t.add_column(col)
+        for _, r in res.correlations.iterrows():
+            t.add_row(
+                str(r.get("testset")),
+                str(r.get("method")),
+                f"{r.get('coef', float('nan')):.3f}",
+                f"{r.get('p', float('nan')):.3g}",
+                str(r.get("n")),
+            )
+        console.print(t)
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items())
+    console.print(f"done in {time.perf_counter() - t0:.0f} s ({timing}); report: {res.report}")
+
+
+@demo_app.command("corpus")
+@user_errors
+def demo_corpus(
+    out: Path = typer.Option(..., "--out", help="Folder for audio/ and manifests/."),
+    seed: int = typer.Option(0, help="Seed of the generated corpus."),
+    small: bool = typer.Option(False, "--small", help="A reduced corpus."),
+) -> None:
+    """Generate the demo corpus only (deterministic; manifests in OUT/manifests)."""
+    from .data.demo_corpus import CorpusConfig, build_demo_corpus
+
+    cfg = CorpusConfig(seed=seed, n_train=16, n_dev=8, n_test=12) if small else CorpusConfig(seed=seed)
+    paths = build_demo_corpus(out, cfg)
+    for name, p in paths.items():
+        Console().print(f"{name}: {p}")
 
 
 def main() -> None:  # pragma: no cover - entry point

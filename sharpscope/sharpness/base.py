@@ -8,6 +8,11 @@
   the train/eval mode and ``requires_grad`` flags) on exit, also when an exception is raised.
 * Loss functions: ``weighted-ce`` (the reference loss of AASIST / SAM-AntiSpoofing: class weights
   [0.1 spoof, 0.9 bona fide], PyTorch's weighted mean), ``ce`` and the label-free ``kl-to-clean``.
+* :func:`logits_of`, :func:`unpack_batch` -- read model outputs and batches of any of the accepted forms.
+
+The batchwise machinery shared by the loss-based estimators (functional perturbations, budget / CI stopping,
+several losses in one pass, the streaming session the runner scores through) is in
+:mod:`sharpscope.sharpness.engine`.
 """
 
 from __future__ import annotations
@@ -72,7 +77,11 @@ class SharpnessResult:
 
 @runtime_checkable
 class Estimator(Protocol):
-    """Uniform estimator interface (see module docstring)."""
+    """Uniform estimator interface (see module docstring).
+
+    Optional extras the runner uses when present: ``estimate_many(model, batches, losses) -> {loss: result}``
+    and ``session(model, losses)`` (streaming, see :class:`sharpscope.sharpness.engine.EstimateSession`).
+    """
 
     name: str
 
@@ -101,6 +110,16 @@ class Loss:
         self, logits: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor | None = None
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def ascent_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss whose gradient at the clean weights gives a first-order ascent direction.
+
+        The loss itself for every loss with a non-zero gradient at ``w``; label-free losses that vanish to
+        second order at ``w`` (``kl-to-clean``) override it.
+        """
+        return self(logits, labels, clean_logits)
 
 
 class CrossEntropy(Loss):
@@ -135,6 +154,18 @@ class KLToClean(Loss):
         logp = F.log_softmax(logits, dim=-1)
         return (logp_clean.exp() * (logp_clean - logp)).sum(-1).mean()
 
+    def ascent_loss(self, logits, labels, clean_logits=None):
+        """Cross-entropy against the clean prediction (pseudo-label = argmax of the clean logits).
+
+        KL(p_clean ‖ p_w) has zero gradient at the clean weights, so a one-step estimator would not move.  Its
+        Hessian there is the Fisher information, whose dominant directions the gradients of the pseudo-label
+        log-likelihood span; the one-step estimators therefore step along the pseudo-label cross-entropy
+        gradient and measure the KL increase at that point (documented behaviour, still label-free).
+        """
+        if clean_logits is None:
+            raise ValueError("kl-to-clean needs the clean logits")
+        return F.cross_entropy(logits, clean_logits.detach().argmax(-1))
+
 
 LOSSES = ("weighted-ce", "ce", "kl-to-clean")
 
@@ -147,6 +178,39 @@ def make_loss(name: str) -> Loss:
     if name == "kl-to-clean":
         return KLToClean()
     raise SharpscopeError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+# ---- model outputs and batches ----------------------------------------------------------------------------
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The ``[B, 2]`` logits of a model output.
+
+    sharpscope models return logits; raw re-implementations of AASIST return ``(hidden, logits)`` and
+    ``transformers`` heads return an object with ``.logits`` -- both are accepted so foreign models work too.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[-1]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """``(inputs, labels, utt_ids)`` of a :class:`~sharpscope.data.audio.Batch`, an ``(x, y)`` pair or a
+    dict."""
+    if hasattr(batch, "wave") and hasattr(batch, "labels"):
+        return batch.wave, batch.labels, list(getattr(batch, "utt_ids", None) or []) or None
+    if isinstance(batch, dict):
+        x = batch.get("wave", batch.get("x"))
+        y = batch.get("labels", batch.get("y"))
+        return x, y, batch.get("utt_ids")
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        return batch[0], batch[1], (list(batch[2]) if len(batch) == 3 else None)
+    raise TypeError(f"cannot read a batch of type {type(batch).__name__}; give a Batch, (x, y) or a dict")
 
 
 # ---- parameter scope ------------------------------------------------------------------------------------
@@ -168,7 +232,9 @@ def select_params(model: nn.Module, scope: str = "all") -> dict[str, nn.Paramete
         pat = re.compile(scope[len("regex:") :])
         out = {n: p for n, p in named if pat.search(n)}
     else:
-        raise SharpscopeError(f"unknown parameter scope {scope!r}; use all, trainable, regex:PATTERN or lora-merged")
+        raise SharpscopeError(
+            f"unknown parameter scope {scope!r}; use all, trainable, regex:PATTERN or lora-merged"
+        )
     if not out:
         raise SharpscopeError(f"parameter scope {scope!r} selects no parameters of {type(model).__name__}")
     return out
@@ -176,7 +242,8 @@ def select_params(model: nn.Module, scope: str = "all") -> dict[str, nn.Paramete
 
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode inside; every parameter/buffer, ``requires_grad`` flag, ``.grad`` and the mode restored after.
+    """Eval mode inside; every parameter/buffer, ``requires_grad`` flag, ``.grad`` and the mode restored
+    after.
 
     Restoration copies the saved tensors back, so values are bit-identical even if the body raised midway
     through a perturbation.

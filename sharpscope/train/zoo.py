@@ -70,7 +70,8 @@ def expand_zoo(spec: dict[str, Any], base_dir: Path, source: str = "zoo spec") -
     """Runs of a zoo spec, each validated as a training config (problems raise :class:`SpecError`)."""
     if not isinstance(spec, dict) or "runs" not in spec:
         raise SpecError(f"{source}: needs 'base' (a training config) and 'runs' (a list)")
-    unknown = set(spec) - {"name", "base", "runs"}
+    # keys starting with "x-" are free for YAML anchors (as in docker compose)
+    unknown = {k for k in spec if not str(k).startswith("x-")} - {"name", "base", "runs"}
     if unknown:
         raise SpecError(f"{source}: unknown keys {sorted(unknown)} (allowed: name, base, runs)")
     base = spec.get("base") or {}
@@ -87,7 +88,9 @@ def expand_zoo(spec: dict[str, Any], base_dir: Path, source: str = "zoo spec") -
         for k, v in grid.items():
             if not isinstance(v, list) or not v:
                 raise SpecError(f"{where}.grid.{k}: must be a non-empty list of values")
-        cfg0 = _deep_merge(base, r.get("set") or {})
+        over = r.get("set") or {}
+        # a run that changes the architecture starts from a fresh model config
+        cfg0 = _deep_merge({k: v for k, v in base.items() if k != "model"} if "arch" in over else base, over)
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             cfg = copy.deepcopy(cfg0)

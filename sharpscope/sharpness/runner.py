@@ -1,0 +1,261 @@
+"""One pass over a manifest that gives both the scores and a sharpness estimate.
+
+Every loss-based estimator starts each batch with a clean forward at the unperturbed weights; its logits are
+exactly the logits scoring needs.  :func:`score_and_sharpness` therefore scores the manifest *through* the
+estimator (the per-batch clean logits are recorded) instead of running a separate scoring pass.  When the
+estimate stops early (``budget`` / ``ci_width``) the remaining batches are scored with a plain forward, so the
+scores always cover the whole manifest.  Estimators without a streaming session (curvature, landscape) get a
+separate scoring pass over the same (cached) audio.
+
+Batch order (part of the estimate's statistics; batches are the unit of the size-weighted mean and the CI):
+
+* ``manifest`` -- the reference: rows in manifest order (the seed paper's setting);
+* ``shuffled`` -- a seeded permutation of the rows;
+* ``balanced`` -- class-stratified: rows of each class are shuffled (seeded) and interleaved so that every
+  batch holds the *dataset's* class proportions (each class count within one of ``B · p_class``).  Equal
+  (50/50) batches are not offered: with ASVspoof's ~10 % bona fide they would drop or repeat utterances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data.audio import NB_SAMP, AudioCache, iter_batches
+from ..errors import ScoreError, SharpscopeError
+from .base import Loss, SharpnessResult, logits_of, preserved
+from .engine import as_loss
+
+ORDERS = ("manifest", "shuffled", "balanced")
+
+
+def batch_order(labels: Sequence[Any], order: str = "manifest", seed: int = 0) -> list[int]:
+    """Row positions in the order they are batched (see the module docstring)."""
+    n = len(labels)
+    if order == "manifest":
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    if order == "shuffled":
+        return rng.permutation(n).tolist()
+    if order == "balanced":
+        lab = np.asarray([str(v) for v in labels])
+        keys = np.empty(n, dtype=float)
+        for c in np.unique(lab):
+            idx = rng.permutation(np.flatnonzero(lab == c))
+            keys[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
+        return np.argsort(keys, kind="stable").tolist()
+    raise SharpscopeError(f"unknown batch order {order!r}; use one of {', '.join(ORDERS)}")
+
+
+def score_table(manifest: pd.DataFrame, logits: dict[int, np.ndarray]) -> pd.DataFrame:
+    """The manifest (row order kept) plus ``logit_spoof``, ``logit_bonafide``, ``score`` (bona-fide logit)."""
+    missing = [i for i in range(len(manifest)) if i not in logits]
+    if missing:
+        raise SharpscopeError(f"{len(missing)} manifest rows were not scored (first row {missing[0] + 1})")
+    z = np.stack([logits[i] for i in range(len(manifest))]).astype(np.float64)
+    out = manifest.reset_index(drop=True).copy()
+    out["logit_spoof"] = z[:, 0]
+    out["logit_bonafide"] = z[:, 1]
+    out["score"] = z[:, 1]
+    return out
+
+
+def _plain_logits(model: nn.Module, batch: Any) -> torch.Tensor:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return logits_of(model(batch.wave.to(device))).float()
+
+
+def score_and_sharpness(
+    model: nn.Module,
+    manifest: pd.DataFrame,
+    estimator: Any,
+    loss: Loss | str | Sequence[Loss | str] = "weighted-ce",
+    *,
+    batch_size: int = 32,
+    crop: str = "first",
+    order: str = "manifest",
+    seed: int | None = None,
+    nb_samp: int = NB_SAMP,
+    cache: AudioCache | None = None,
+    progress: Any = None,
+) -> tuple[pd.DataFrame, SharpnessResult | dict[str, SharpnessResult]]:
+    """Scores of every manifest row and the sharpness estimate, from one shared pass.
+
+    ``loss`` -- one loss (returns one :class:`SharpnessResult`) or several (returns ``{loss name: result}``,
+    e.g. ``["weighted-ce", "kl-to-clean"]`` for labelled and label-free on the same batches).  ``seed`` seeds
+    the batch order (default: the estimator's seed).  ``progress(n_done, n_total)`` is called per batch.
+    The model is used where it is (move it to the device first); it is in eval mode during the pass and
+    restored bit-for-bit afterwards.
+    """
+    if batch_size < 1:
+        raise SharpscopeError(f"batch size must be positive, got {batch_size}")
+    if len(manifest) == 0:
+        raise SharpscopeError("the manifest has no rows to score")
+    settings = getattr(estimator, "settings", None)
+    if seed is None:
+        seed = int(getattr(settings, "seed", 0))
+    many = not isinstance(loss, (str, Loss))
+    losses = list(loss) if many else [loss]
+    cache = cache if cache is not None else AudioCache()
+    positions = batch_order(manifest["label"].tolist(), order, seed)
+    n_total = len(manifest)
+    logits: dict[int, np.ndarray] = {}
+
+    def record(batch: Any, z: torch.Tensor) -> None:
+        zz = z.detach().float().cpu().numpy()
+        for k, row in enumerate(batch.meta["rows"]):
+            logits[int(row)] = zz[k]
+        if progress is not None:
+            progress(len(logits), n_total)
+
+    def batches():
+        return iter_batches(manifest, batch_size, crop, nb_samp=nb_samp, cache=cache, order=positions)
+
+    if hasattr(estimator, "session"):
+        with estimator.session(model, losses) as sess:
+            for batch in batches():
+                if sess.done:
+                    record(batch, sess.score(batch))
+                else:
+                    record(batch, sess.step(batch))
+            results = sess.results()
+        by_loss = {r.settings["loss"]: r for r in results}
+    else:  # estimators without a streaming session: estimate, then a separate scoring pass over cached audio
+        by_loss = {}
+        for lo in losses:
+            loss_obj = as_loss(lo)
+            r = estimator.estimate(model, batches(), loss_obj)
+            r.settings.setdefault("loss", loss_obj.name)
+            by_loss[loss_obj.name] = r
+        with preserved(model):
+            for batch in batches():
+                record(batch, _plain_logits(model, batch))
+    for r in by_loss.values():
+        r.settings.update({"order": order, "crop": crop, "order_seed": seed, "batch_size": batch_size})
+    scores = score_table(manifest, logits)
+    return scores, (by_loss if many else next(iter(by_loss.values())))
+
+
+# ---- the ``sharpscope sharpness`` command ------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become null, numpy scalars plain numbers, tuples lists."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def run_sharpness(
+    checkpoint: str,
+    manifest: str,
+    arch: str | None,
+    measure: str,
+    out_dir: str,
+    settings: dict[str, Any] | None = None,
+    losses: Sequence[str] = ("weighted-ce",),
+    *,
+    batch_size: int = 32,
+    crop: str = "first",
+    order: str = "manifest",
+    trust_checkpoint: bool = False,
+    model_cfg: dict[str, Any] | None = None,
+    device: str = "cpu",
+    n_boot_eer: int = 1000,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """``sharpscope sharpness``: load, score + estimate in one pass, write ``sharpness.json``, ``scores.csv``
+    and (labelled manifests) ``metrics.json``.  Returns the ``sharpness.json`` content."""
+    import json
+    from pathlib import Path
+
+    from ..data.manifest import read_manifest
+    from ..metrics import evaluate
+    from ..models.checkpoints import load_checkpoint
+    from ..provenance import file_sha256, provenance
+    from .registry import make_estimator
+
+    settings = dict(settings or {})
+    losses = list(losses) or ["weighted-ce"]
+    estimator = make_estimator(measure, **settings)
+    seed = int(getattr(getattr(estimator, "settings", None), "seed", settings.get("seed", 0)))
+    df = read_manifest(manifest)
+    ckpt = load_checkpoint(
+        checkpoint, arch, model_cfg=dict(model_cfg or {}), trust_checkpoint=trust_checkpoint
+    )
+    model = ckpt.model.to(device)
+    scores, by_loss = score_and_sharpness(
+        model,
+        df,
+        estimator,
+        losses,
+        batch_size=batch_size,
+        crop=crop,
+        order=order,
+        seed=seed,
+        progress=progress,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(out / "scores.csv", index=False)
+    files = {"sharpness": "sharpness.json", "scores": "scores.csv"}
+    labelled = scores["label"].astype(str).isin(["bonafide", "spoof"])
+    metrics: dict[str, Any] | None = None
+    if labelled.all() and labelled.any():
+        try:
+            metrics = evaluate(scores, seed=seed, n_boot=n_boot_eer)
+        except ScoreError as exc:  # e.g. non-finite logits: keep the sharpness result, say why no metrics
+            metrics = {"eer": None, "error": str(exc)}
+        files["metrics"] = "metrics.json"
+        (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
+    run_settings = {
+        "command": "sharpness",
+        "measure": measure,
+        "estimator": by_loss[losses[0]].settings,
+        "losses": losses,
+        "arch": ckpt.arch,
+        "checkpoint": str(checkpoint),
+        "manifest": str(manifest),
+        "batch_size": int(batch_size),
+        "crop": crop,
+        "order": order,
+        "model_cfg": dict(model_cfg or {}),
+        "device": str(device),
+    }
+    first = by_loss[losses[0]]
+    doc = {
+        "measure": measure,
+        "loss": losses[0],
+        "value": first.value,
+        "result": first.to_dict(),
+        "other_losses": {k: r.to_dict() for k, r in by_loss.items() if k != losses[0]},
+        "metrics": metrics,
+        "settings": run_settings,
+        "files": files,
+        "provenance": provenance(
+            run_settings,
+            seed=seed,
+            checkpoint_sha256=ckpt.sha256,
+            manifest_sha256=file_sha256(manifest),
+            n_utts=first.n_utts,
+            n_utts_scored=len(scores),
+        ),
+    }
+    doc = _jsonable(doc)
+    (out / "sharpness.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
