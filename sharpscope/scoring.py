@@ -32,6 +32,7 @@ from torch import nn
 from .data.audio import CROPS, NB_SAMP, AudioCache, Batch, iter_batches
 from .errors import CheckpointError, ScoreError
 from .metrics import evaluate
+from .progress import progress_bar
 from .provenance import file_sha256, provenance
 from .scorefiles import FORMATS, default_filename, describe_ids, read_scores, write_scores
 
@@ -107,21 +108,6 @@ def forward_batches(
         model.train(was_training)
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def score_manifest(
     model: nn.Module,
     manifest_df: pd.DataFrame,
@@ -151,7 +137,7 @@ def score_manifest(
     logits_all = np.full((n, 2), np.nan, dtype=np.float64)
     seen = np.zeros(n, dtype=bool)
     batches = iter_batches(manifest_df, batch_size=batch_size, crop=crop, nb_samp=nb_samp, cache=cache)
-    with _progress(progress) as bar:
+    with progress_bar("scoring", progress) as bar:
         task = bar.add_task("scoring", total=n)
         for batch, logits in forward_batches(model, batches, device=device):
             rows = batch.meta["rows"]

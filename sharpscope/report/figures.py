@@ -39,10 +39,10 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 
 from ..errors import SharpscopeError, SpecError
+from ..specio import read_yaml
 from . import plots
 from .tables import load_results
 
@@ -120,14 +120,7 @@ def _plot_params(kind: str) -> set[str]:
 def load_spec(path: str | Path) -> list[FigureSpec]:
     """Parse and statically validate a figure spec; raise :class:`SpecError` listing every problem."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"figure spec not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = read_yaml(path, "figure spec")
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: top level must be a mapping with a 'figures' key")

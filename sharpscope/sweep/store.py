@@ -145,21 +145,3 @@ class ResultStore:
         atomic_write_bytes(self.root / "results.parquet", buf.getvalue())
         atomic_write_text(self.root / "results.csv", df.to_csv(index=False))
 
-
-def read_results(path: str | Path) -> pd.DataFrame:
-    """Read a results table: a RESULTS directory, a .parquet or a .csv file."""
-    from ..errors import SharpscopeError
-
-    p = Path(path)
-    if p.is_dir():
-        for name in ("results.parquet", "results.csv"):
-            if (p / name).is_file():
-                p = p / name
-                break
-        else:
-            raise SharpscopeError(
-                f"{path}: no results.parquet or results.csv inside; run `sharpscope sweep` first"
-            )
-    if not p.is_file():
-        raise SharpscopeError(f"results table not found: {p}")
-    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)

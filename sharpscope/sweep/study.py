@@ -35,6 +35,7 @@ import yaml
 
 from ..errors import SpecError
 from ..provenance import config_hash
+from ..specio import read_yaml
 
 SCORING_DEFAULTS = {"batch_size": 32, "crop": "first", "score": "bonafide-logit", "nb_samp": 64_600}
 _TOP_KEYS = {
@@ -177,12 +178,7 @@ def checkpoint_meta(ckpt: Path) -> dict[str, Any]:
 def load_study(path: str | Path) -> Study:
     """Read and validate a study spec; raise :class:`SpecError` listing every problem, one per line."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"study spec not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_yaml(p, "study spec")
     return parse_study(raw, base=p.parent, path=str(p))
 
 

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import SpecError
+from ..specio import read_yaml
 from .config import TrainConfig
 
 
@@ -112,12 +111,7 @@ def expand_zoo(spec: dict[str, Any], base_dir: Path, source: str = "zoo spec") -
 
 def load_zoo(path: str | Path) -> list[ZooRun]:
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"zoo spec not found: {p}")
-    try:
-        spec = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    spec = read_yaml(p, "zoo spec")
     return expand_zoo(spec, p.resolve().parent, str(p))
 
 
