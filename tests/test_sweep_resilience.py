@@ -36,7 +36,17 @@ def test_resume_after_sigkill_at_random_points(tmp_path, tiny_corpus):
         out = tmp_path / f"killed{trial}"
         for _ in range(2):  # two kills per trial, at random moments
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sharpscope.cli", "sweep", str(study), "--out", str(out), "--threads", "1"],
+                [
+                    sys.executable,
+                    "-m",
+                    "sharpscope.cli",
+                    "sweep",
+                    str(study),
+                    "--out",
+                    str(out),
+                    "--threads",
+                    "1",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=env,
