@@ -335,6 +335,25 @@ def spoof_tts(rng, idx: int, spk: Speaker) -> np.ndarray | None:
     return soxr.resample(x, sr, SR).astype(np.float32) if sr != SR else x
 
 
+# Output stage of each engine: its internal sample rate (the band it can produce) and the level of its noise
+# floor relative to the signal (dB).  Vocoders trained at 22.05 / 24 kHz and below leave such band limits and
+# floors, which detectors are known to pick up (Müller et al. 2021, "Speech is silver, silence is golden").
+VOCODER_OUTPUT = {"D01": (12_000, -42.0), "D02": (11_025, -38.0), "D03": (16_000, -60.0), "D04": (14_000, -55.0)}
+
+
+def vocoder_channel(y: np.ndarray, attack: str, rng: np.random.Generator) -> np.ndarray:
+    """The engine's output stage: band-limit to its internal rate and add its (high-passed) noise floor."""
+    import soxr
+
+    rate, floor_db = VOCODER_OUTPUT.get(attack, (16_000, -40.0))
+    y = np.asarray(y, dtype=np.float64)
+    if rate < SR:
+        y = soxr.resample(soxr.resample(y, SR, rate), rate, SR)[: len(y)]
+    noise = signal.lfilter([1, -0.95], [1], rng.standard_normal(len(y)))
+    level = np.sqrt(np.mean(y**2) + 1e-12) * 10 ** (floor_db / 20) / (np.std(noise) + 1e-12)
+    return y + level * noise
+
+
 ENGINES = {"D01": spoof_griffin_lim, "D02": spoof_lpc, "D03": spoof_mel_vocoder, "D04": spoof_harmonic}
 
 
@@ -502,7 +521,7 @@ class _Builder:
             if y is not None:
                 return _norm(y)
             attack = "D04"
-        return _norm(ENGINES[attack](x.astype(np.float64), rng))
+        return _norm(vocoder_channel(ENGINES[attack](x.astype(np.float64), rng), attack, rng))
 
     def _effect(self, effect, x: np.ndarray, idx: int) -> tuple[np.ndarray, dict]:
         if effect is None:
