@@ -75,9 +75,7 @@ def run_demo(
     zoo = _rewrite(zoo_spec or ANALYSES / "demo_zoo.yaml", out, out / "specs" / "demo_zoo.yaml")
     say(f"[2/4] zoo      -> {out / 'zoo'}  ({zoo})")
     opts = ExecOptions(num_threads=num_threads)
-    run_zoo(
-        zoo, out / "zoo", opts=opts, on_done=lambda name, i, n: say(f"      trained {i}/{n}: {name}")
-    )
+    run_zoo(zoo, out / "zoo", opts=opts, on_done=lambda name, i, n: say(f"      trained {i}/{n}: {name}"))
     timings["zoo"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -110,12 +108,13 @@ def summarise(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     base = df[df["subset"].fillna("") == ""]
     ms = base[(base["measure"] == "m-sharpness") & (base["loss"] == "weighted-ce") & (base["rho"] == 0.05)]
     summary = (
-        ms.groupby("testset", sort=False)
+        ms.groupby("testset")
         .agg(
             eer_mean=("eer", "mean"),
             sharpness_mean=("value", "mean"),
             n_checkpoints=("checkpoint", "nunique"),
         )
+        .reindex([t for t in stats.testset_order(base) if t in set(ms["testset"])])
         .reset_index()
     )
     corr = stats.correlate(base, x="m-sharpness", y="eer", rho=0.05, loss="weighted-ce", by="testset")

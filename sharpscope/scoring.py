@@ -137,7 +137,7 @@ def score_manifest(
     logits_all = np.full((n, 2), np.nan, dtype=np.float64)
     seen = np.zeros(n, dtype=bool)
     batches = iter_batches(manifest_df, batch_size=batch_size, crop=crop, nb_samp=nb_samp, cache=cache)
-    with progress_bar("scoring", progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("scoring", total=n)
         for batch, logits in forward_batches(model, batches, device=device):
             rows = batch.meta["rows"]

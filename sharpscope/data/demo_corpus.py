@@ -338,7 +338,12 @@ def spoof_tts(rng, idx: int, spk: Speaker) -> np.ndarray | None:
 # Output stage of each engine: its internal sample rate (the band it can produce) and the level of its noise
 # floor relative to the signal (dB).  Vocoders trained at 22.05 / 24 kHz and below leave such band limits and
 # floors, which detectors are known to pick up (Müller et al. 2021, "Speech is silver, silence is golden").
-VOCODER_OUTPUT = {"D01": (12_000, -42.0), "D02": (11_025, -38.0), "D03": (16_000, -60.0), "D04": (14_000, -55.0)}
+VOCODER_OUTPUT = {
+    "D01": (12_000, -30.0),
+    "D02": (11_025, -28.0),
+    "D03": (16_000, -60.0),
+    "D04": (14_000, -55.0),
+}
 
 
 def vocoder_channel(y: np.ndarray, attack: str, rng: np.random.Generator) -> np.ndarray:

@@ -297,7 +297,60 @@ class GraphPool(nn.Module):
 # ------------------------------------------------------------------------------------------------- model
 
 
-class AASIST(nn.Module):
+class GraphBackEnd:
+    """The graph part shared by AASIST and the SSL AASIST back end (Jung et al. 2022; Tak et al. 2022).
+
+    From spectral nodes ``e_S`` [B, S, C] and temporal nodes ``e_T`` [B, T, C]: a graph-attention layer and a
+    graph pool per domain, then two inference paths (heterogeneous stacked graph attention with a master
+    node, graph pools, a second HS-GAL added residually), combined by element-wise max, and read out as
+    [max |T|, mean T, max |S|, mean S, master].  The host module owns the layers under the official names.
+    """
+
+    def _branch(self, out_T, out_S, master, first, second, pool_S, pool_T):
+        h_T, h_S, master = first(out_T, out_S, master)
+        h_S = pool_S(h_S)
+        h_T = pool_T(h_T)
+        aug_T, aug_S, aug_m = second(h_T, h_S, master)
+        return h_T + aug_T, h_S + aug_S, master + aug_m
+
+    def graph_readout(self, e_S: torch.Tensor, e_T: torch.Tensor) -> torch.Tensor:
+        out_S = self.pool_S(self.GAT_layer_S(e_S))
+        out_T = self.pool_T(self.GAT_layer_T(e_T))
+        T1, S1, m1 = self._branch(
+            out_T,
+            out_S,
+            self.master1,
+            self.HtrgGAT_layer_ST11,
+            self.HtrgGAT_layer_ST12,
+            self.pool_hS1,
+            self.pool_hT1,
+        )
+        T2, S2, m2 = self._branch(
+            out_T,
+            out_S,
+            self.master2,
+            self.HtrgGAT_layer_ST21,
+            self.HtrgGAT_layer_ST22,
+            self.pool_hS2,
+            self.pool_hT2,
+        )
+        d = self.drop_way
+        out_T = torch.maximum(d(T1), d(T2))
+        out_S = torch.maximum(d(S1), d(S2))
+        master = torch.maximum(d(m1), d(m2))
+        return torch.cat(
+            [
+                torch.max(out_T.abs(), dim=1).values,
+                out_T.mean(dim=1),
+                torch.max(out_S.abs(), dim=1).values,
+                out_S.mean(dim=1),
+                master.squeeze(1),
+            ],
+            dim=1,
+        )
+
+
+class AASIST(GraphBackEnd, nn.Module):
     """AASIST network: ``forward(x[B, T]) -> logits[B, 2]`` ordered ``[spoof, bonafide]``.
 
     :meth:`forward_with_hidden` also returns the 5 x ``gat_dims[1]`` readout (the official ``last_hidden``);
@@ -365,23 +418,6 @@ class AASIST(nn.Module):
                 "use crop 'first' (tiles short clips) or drop clips this short"
             )
 
-    def _branch(
-        self,
-        out_T: torch.Tensor,
-        out_S: torch.Tensor,
-        master: torch.Tensor,
-        first: HtrgGraphAttentionLayer,
-        second: HtrgGraphAttentionLayer,
-        pool_S: GraphPool,
-        pool_T: GraphPool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One inference path: HS-GAL, graph pools, a second HS-GAL added residually."""
-        h_T, h_S, master = first(out_T, out_S, master)
-        h_S = pool_S(h_S)
-        h_T = pool_T(h_T)
-        aug_T, aug_S, aug_m = second(h_T, h_S, master)
-        return h_T + aug_T, h_S + aug_S, master + aug_m
-
     def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(last_hidden [B, 5 * gat_dims[1]], logits [B, 2])`` -- the official forward's two outputs."""
         self._check_input(x)
@@ -391,42 +427,7 @@ class AASIST(nn.Module):
 
         e_S = torch.max(e, dim=3).values.transpose(1, 2) + self.pos_S  # spectral nodes [B, S, C]
         e_T = torch.max(e, dim=2).values.transpose(1, 2)  # temporal nodes [B, T, C]
-        out_S = self.pool_S(self.GAT_layer_S(e_S))
-        out_T = self.pool_T(self.GAT_layer_T(e_T))
-
-        T1, S1, m1 = self._branch(
-            out_T,
-            out_S,
-            self.master1,
-            self.HtrgGAT_layer_ST11,
-            self.HtrgGAT_layer_ST12,
-            self.pool_hS1,
-            self.pool_hT1,
-        )
-        T2, S2, m2 = self._branch(
-            out_T,
-            out_S,
-            self.master2,
-            self.HtrgGAT_layer_ST21,
-            self.HtrgGAT_layer_ST22,
-            self.pool_hS2,
-            self.pool_hT2,
-        )
-        d = self.drop_way
-        out_T = torch.maximum(d(T1), d(T2))
-        out_S = torch.maximum(d(S1), d(S2))
-        master = torch.maximum(d(m1), d(m2))
-
-        hidden = torch.cat(
-            [
-                torch.max(out_T.abs(), dim=1).values,
-                out_T.mean(dim=1),
-                torch.max(out_S.abs(), dim=1).values,
-                out_S.mean(dim=1),
-                master.squeeze(1),
-            ],
-            dim=1,
-        )
+        hidden = self.graph_readout(e_S, e_T)
         return hidden, self.out_layer(self.drop(hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

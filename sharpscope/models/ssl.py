@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AudioError, CheckpointError, SpecError
-from .aasist import GraphAttentionLayer, GraphPool, HtrgGraphAttentionLayer
+from .aasist import GraphAttentionLayer, GraphBackEnd, GraphPool, HtrgGraphAttentionLayer
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ class SSLResidualBlock(nn.Module):
         return out + (self.conv_downsample(x) if self.downsample else x)
 
 
-class SSLAASIST(SSLCountermeasure):
+class SSLAASIST(GraphBackEnd, SSLCountermeasure):
     """wav2vec 2.0 + ``LL`` + the SSL_Anti-spoofing AASIST back end (module docstring)."""
 
     head = "aasist"
@@ -446,13 +446,6 @@ class SSLAASIST(SSLCountermeasure):
             n += 1
         return n
 
-    def _branch(self, out_T, out_S, master, first, second, pool_S, pool_T):
-        h_T, h_S, master = first(out_T, out_S, master)
-        h_S = pool_S(h_S)
-        h_T = pool_T(h_T)
-        aug_T, aug_S, aug_m = second(h_T, h_S, master)
-        return h_T + aug_T, h_S + aug_S, master + aug_m
-
     def forward_with_hidden(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -472,41 +465,7 @@ class SSLAASIST(SSLCountermeasure):
         w = self.attention(h)
         e_S = (h * torch.softmax(w, dim=-1)).sum(dim=-1).transpose(1, 2) + self.pos_S  # [B, H, C]
         e_T = (h * torch.softmax(w, dim=-2)).sum(dim=-2).transpose(1, 2)  # [B, W, C]
-        out_S = self.pool_S(self.GAT_layer_S(e_S))
-        out_T = self.pool_T(self.GAT_layer_T(e_T))
-
-        T1, S1, m1 = self._branch(
-            out_T,
-            out_S,
-            self.master1,
-            self.HtrgGAT_layer_ST11,
-            self.HtrgGAT_layer_ST12,
-            self.pool_hS1,
-            self.pool_hT1,
-        )
-        T2, S2, m2 = self._branch(
-            out_T,
-            out_S,
-            self.master2,
-            self.HtrgGAT_layer_ST21,
-            self.HtrgGAT_layer_ST22,
-            self.pool_hS2,
-            self.pool_hT2,
-        )
-        d = self.drop_way
-        out_T = torch.maximum(d(T1), d(T2))
-        out_S = torch.maximum(d(S1), d(S2))
-        master = torch.maximum(d(m1), d(m2))
-        hidden = torch.cat(
-            [
-                out_T.abs().max(dim=1).values,
-                out_T.mean(dim=1),
-                out_S.abs().max(dim=1).values,
-                out_S.mean(dim=1),
-                master.squeeze(1),
-            ],
-            dim=1,
-        )
+        hidden = self.graph_readout(e_S, e_T)
         return hidden, self.out_layer(self.drop(hidden))
 
     def forward(

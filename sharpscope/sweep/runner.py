@@ -28,7 +28,16 @@ from ..provenance import config_hash, package_versions, provenance
 from .plan import Cell, load_manifest_cached
 
 _AUDIO_CACHE = AudioCache()
+_CACHED_MANIFEST: list[str] = [""]  # manifest whose audio the cache holds (cells come test-set-major)
 _MODEL_CACHE: dict[tuple, Any] = {}
+
+
+def _audio_cache(cell: Cell) -> AudioCache:
+    """The process-wide audio cache, emptied when the sweep moves on to another test set."""
+    if _CACHED_MANIFEST[0] != cell.evalset.manifest_sha256:
+        _AUDIO_CACHE.clear()
+        _CACHED_MANIFEST[0] = cell.evalset.manifest_sha256
+    return _AUDIO_CACHE
 
 
 def _model(cell: Cell):
@@ -68,13 +77,21 @@ def _nan_to_none(x: Any) -> Any:
 
 def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Compute every row of ``cell`` (pure with respect to the store: the caller writes the rows)."""
+    threads_before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        return _run_cell(cell, num_threads, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[str, Any]]:
     from ..metrics import evaluate
     from ..scoring import score_manifest
     from ..sharpness.registry import make_estimator
     from ..sharpness.runner import score_and_sharpness
 
-    if num_threads:
-        torch.set_num_threads(num_threads)
     t0 = time.perf_counter()
     df = cell_rows_df(cell)
     loaded = _model(cell)
@@ -84,7 +101,7 @@ def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False)
         "batch_size": int(sc["batch_size"]),
         "crop": str(sc["crop"]),
         "nb_samp": int(sc["nb_samp"]),
-        "cache": _AUDIO_CACHE,
+        "cache": _audio_cache(cell),
     }
 
     # Measures differing only in their loss share one estimate (labelled + label-free on the same batches).
@@ -118,7 +135,7 @@ def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False)
             batch_size=common["batch_size"],
             crop=common["crop"],
             score=str(sc["score"]),
-            cache=_AUDIO_CACHE,
+            cache=common["cache"],
             progress=progress,
             nb_samp=common["nb_samp"],
         )

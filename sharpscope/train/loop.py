@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ManifestError, SpecError
+from ..progress import progress_bar
 from ..provenance import config_hash, provenance
 from .augment import augment
 from .config import TrainConfig, dump_config
@@ -394,22 +395,6 @@ def evaluate_dev(
 # ---- the loop ---------------------------------------------------------------------------------------------
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def _rng_state(device: torch.device) -> dict[str, Any]:
     st: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -606,7 +591,7 @@ def train(
         base.step()
         return float(loss.detach()), None
 
-    with _progress(progress) as bar:
+    with progress_bar(progress, status=True) as bar:
         task = bar.add_task("train", total=steps_per_epoch, status="")
         while epoch < cfg.epochs:
             order = epoch_order(cfg.seed, epoch, len(data))

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from .sam import frozen_bn_stats
+from .sam import WrappedOptimizer, frozen_bn_stats
 
 NO_DOMAIN = {"", "-", "nan", "none", "bonafide", "bona-fide", "bona_fide"}
 
@@ -113,7 +113,7 @@ def sample_rows(
     return np.sort(rng.choice(pool, size=k, replace=False))
 
 
-class MLDG:
+class MLDG(WrappedOptimizer):
     """First-order MLDG step around an outer optimizer (any ``torch.optim.Optimizer``).
 
     ``step(train_closure, test_closure)``: each closure computes and returns a scalar loss (forward pass
@@ -131,19 +131,6 @@ class MLDG:
         self.base = base
         self.inner_lr = inner_lr
         self.beta = beta
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.base.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.base.load_state_dict(state)
 
     def step(
         self, train_closure: Callable[[], torch.Tensor], test_closure: Callable[[], torch.Tensor]

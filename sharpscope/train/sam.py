@@ -102,7 +102,30 @@ def sam_perturbation(
     return [g * scale for g in grads]
 
 
-class SAM:
+class WrappedOptimizer:
+    """An optimizer that wraps ``self.base``: parameter groups, gradients and state are the base's (the
+    wrappers keep no state between steps), so schedulers attach to ``base`` and checkpoints hold its state."""
+
+    base: torch.optim.Optimizer
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.base.param_groups
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.base.param_groups for p in g["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
+
+
+class SAM(WrappedOptimizer):
     """Wrap ``base`` (any ``torch.optim.Optimizer``) into a SAM / ASAM optimizer.
 
     ``step(closure)`` runs both passes and the base step and returns the loss at the unperturbed weights.
@@ -129,22 +152,6 @@ class SAM:
         self.adaptive = adaptive
         self.eta = eta
         self.same_dropout = same_dropout
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.base.param_groups
-
-    def _params(self) -> list[torch.Tensor]:
-        return [p for g in self.base.param_groups for p in g["params"]]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.base.load_state_dict(state)
 
     def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         params = self._params()
