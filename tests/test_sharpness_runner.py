@@ -269,3 +269,37 @@ def test_estimators_without_a_session_get_a_separate_scoring_pass(corpus):
     ref = score_and_sharpness(model, df, MSharpness(), "ce", batch_size=3, nb_samp=NB)[0]
     assert res.value == 3.0 and res.settings["loss"] == "ce" and res.settings["batch_size"] == 3
     np.testing.assert_allclose(scores["score"].to_numpy(), ref["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["linear", "aasist"])
+def test_frozen_ssl_prefix_is_cached_and_gives_the_same_value(head):
+    """Back-end-only sharpness of an SSL model runs the front end once per batch, with identical results."""
+    from sharpscope.data.audio import Batch
+    from sharpscope.models.ssl import build_ssl_model, tiny_ssl_config
+    from sharpscope.sharpness.engine import FunctionalForward
+    from sharpscope.sharpness.registry import make_estimator
+
+    torch.manual_seed(0)
+    model = build_ssl_model(head, ssl_config=tiny_ssl_config())
+    x = torch.randn(4, 8000) * 0.1
+    batches = [Batch(x, torch.tensor([0, 1, 0, 1]), ["a", "b", "c", "d"])]
+    scope = r"regex:^(?!ssl\.)"
+    params = {n: p for n, p in model.named_parameters() if not n.startswith("ssl.")}
+    assert FunctionalForward(model, params).uses_prefix_cache
+    est = make_estimator("m-sharpness", rho=0.05, scope=scope)
+    cached = est.estimate(model, batches, "weighted-ce").value
+
+    class NoSplit(torch.nn.Module):  # the same model without the split hook: runs whole every pass
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x)
+
+    scope2 = r"regex:^m\.(?!ssl\.)"  # the same parameters, named through the wrapper
+    whole = make_estimator("m-sharpness", rho=0.05, scope=scope2).estimate(
+        NoSplit(model), batches, "weighted-ce"
+    )
+    assert cached == pytest.approx(whole.value, rel=1e-5, abs=1e-7)
+    assert cached > 0

@@ -319,6 +319,38 @@ class SSLCountermeasure(nn.Module):
             frame_mask = self.ssl._get_feature_vector_attention_mask(hidden.size(1), attention_mask)
         return hidden, frame_mask
 
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits from SSL features ``[B, F, d]`` (every frame used)."""
+        raise NotImplementedError
+
+    def frozen_prefix_split(self, names: set[str]) -> tuple[nn.Module, nn.Module] | None:
+        """``(prefix, suffix)``, ``model(x) == suffix(prefix(x))``, if nothing perturbed is in the front end.
+
+        Sharpness of the back end alone (scope ``regex:^(?!ssl\\.)``, or a frozen-SSL model's ``trainable``
+        scope) then runs the expensive front end once per batch (:mod:`sharpscope.sharpness.engine`).
+        """
+        if any(n.startswith("ssl.") for n in names):
+            return None
+        return _SSLPrefix(self), _SSLHead(self)
+
+
+class _SSLPrefix(nn.Module):
+    def __init__(self, model: SSLCountermeasure) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)[0]
+
+
+class _SSLHead(nn.Module):
+    def __init__(self, model: SSLCountermeasure) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.head_logits(feats)
+
 
 class SSLLinear(SSLCountermeasure):
     """wav2vec 2.0 + mean pooling + 2-layer MLP (SAM-AntiSpoofing ``SSL_Linear``)."""
@@ -344,6 +376,9 @@ class SSLLinear(SSLCountermeasure):
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.output_layer(self.embed(x, lengths, attention_mask=attention_mask))
+
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.output_layer(feats.mean(dim=1))
 
 
 class SSLResidualBlock(nn.Module):
@@ -454,10 +489,16 @@ class SSLAASIST(GraphBackEnd, SSLCountermeasure):
         ``lengths`` only restrict the SSL self-attention; the back end sees every frame (as the reference).
         """
         feats, _ = self.features(x, lengths, attention_mask)
+        return self._head(feats)
+
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self._head(feats)[1]
+
+    def _head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if feats.size(1) < 3:
             raise AudioError(
-                f"input of {x.size(-1)} samples gives {feats.size(1)} SSL frames; the AASIST back end needs "
-                f"at least 3 (>= {self.min_samples} samples)"
+                f"{feats.size(1)} SSL frames; the AASIST back end needs at least 3 "
+                f"(>= {self.min_samples} samples)"
             )
         h = self.LL(feats).transpose(1, 2).unsqueeze(1)  # [B, 1, ll_dim, F]
         h = self.selu(self.first_bn(F.max_pool2d(h, (3, 3))))

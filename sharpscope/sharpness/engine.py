@@ -20,8 +20,8 @@ value by a size-weighted mean over batches.  This module does that outer part on
 
 Frozen prefix cache: a model may define ``frozen_prefix_split(names: set[str]) -> (prefix, suffix) | None``
 where ``model(x) == suffix(prefix(x))`` and every perturbed parameter lives in ``suffix``; the prefix output
-is then computed once per batch (no grad) and all clean/perturbed passes run the suffix only.  Models without
-the method (the shipped AASIST and SSL models at the time of writing) run whole; nothing else changes.
+is then computed once per batch (no grad) and all clean/perturbed passes run the suffix only.  The SSL models
+define it (front end = prefix); AASIST, whose every layer is perturbed, runs whole.
 """
 
 from __future__ import annotations
