@@ -31,6 +31,7 @@ from torch import nn
 
 from .data.audio import CROPS, NB_SAMP, AudioCache, Batch, iter_batches
 from .errors import CheckpointError, ScoreError
+from .fileio import atomic_write_json
 from .metrics import evaluate
 from .progress import progress_bar
 from .provenance import file_sha256, provenance
@@ -188,20 +189,6 @@ def _has_labels(df: pd.DataFrame) -> bool:
     return "label" in df.columns and df["label"].astype(str).isin(["bonafide", "spoof"]).any()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def run_score(
     checkpoint: str | Path,
     manifest: str | Path,
@@ -282,7 +269,7 @@ def run_score(
         n_utts=len(scored),
         seed=int(seed),
     )
-    _write_json(out / "metrics.json", result)
+    atomic_write_json(out / "metrics.json", result, indent=2, sort_keys=False)
     return result
 
 
@@ -384,5 +371,5 @@ def run_metrics(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "metrics.json", result)
+    atomic_write_json(out / "metrics.json", result, indent=2, sort_keys=False)
     return result

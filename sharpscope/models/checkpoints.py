@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 from ..provenance import file_sha256, provenance
 
 SIDECAR_FORMAT = "sharpscope-checkpoint"
@@ -452,18 +451,6 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _atomic_write(target: Path, write: Any) -> None:
-    """Write via a temporary file in the same directory and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def model_cfg_of(model: nn.Module) -> dict[str, Any]:
     """Registry kwargs that rebuild ``model``: its ``model_cfg`` attribute, or else (SSL countermeasures)
     its ``arch_config`` without ``arch``/``head``/``pretrained`` and with ``head_cfg`` flattened -- a saved
@@ -527,7 +514,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] 
 
             save_ssl_directory(model, p)
         text = json.dumps(_jsonable({**meta, "arch": arch, "model_cfg": cfg}), indent=2, sort_keys=True)
-        _atomic_write(p / DIR_META, lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(p / DIR_META, lambda tmp: Path(tmp).write_text(text + "\n"))
         return p
 
     from safetensors.torch import save_file
@@ -541,7 +528,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] 
     # Clone: safetensors refuses tensors that share storage (tied weights) or are non-contiguous.
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
     header = {"format": "pt", "sharpscope.arch": str(arch or ""), "sharpscope.model_cfg": json.dumps(cfg)}
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata=header))
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata=header))
     doc = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
@@ -552,5 +539,5 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] 
         "meta": _jsonable(meta),
     }
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
     return p

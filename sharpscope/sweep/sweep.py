@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..fileio import atomic_write_json
 from .executors import ExecOptions, run_cells
 from .plan import Cell, plan
-from .store import MergeReport, ResultStore, atomic_write_json
+from .store import MergeReport, ResultStore
 from .study import Study, load_study
 
 

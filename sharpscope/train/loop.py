@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ManifestError, SpecError
+from ..fileio import atomic_write, atomic_write_text, json_default
 from ..progress import progress_bar
 from ..provenance import config_hash, provenance
 from .augment import augment
@@ -239,28 +240,6 @@ def make_loss(cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.
 # ---- checkpoints and state ---------------------------------------------------------------------------------
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
 def build_kwargs(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     """Keyword arguments of ``build_model(arch, ...)`` that rebuild ``model`` (without LoRA adapters).
 
@@ -346,12 +325,12 @@ def save_model_checkpoint(
         "meta": rest,
     }
     sidecar = out_dir / f"{name}.json"
-    _atomic_write_text(sidecar, json.dumps(doc, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(sidecar, json.dumps(doc, indent=2, sort_keys=True, default=json_default) + "\n")
     return path, sidecar
 
 
 def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    _atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2, default=json_default) + "\n")
     if history:
         tmp = out_dir / "history.csv.tmp"
         pd.DataFrame(history).to_csv(tmp, index=False)
@@ -516,24 +495,22 @@ def train(
         dump_config(cfg, out / "config.yaml")
 
     def save_state() -> None:
-        _atomic_torch_save(
-            {
-                "format": STATE_FORMAT,
-                "config_hash": chash,
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "model": model.state_dict(),
-                "optimizer": base.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": _rng_state(device),
-                "history": history,
-                "best_eer": best_eer,
-                "best_epoch": best_epoch,
-                "run_loss": run_loss,
-            },
-            state_path,
-        )
+        state = {
+            "format": STATE_FORMAT,
+            "config_hash": chash,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "model": model.state_dict(),
+            "optimizer": base.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(device),
+            "history": history,
+            "best_eer": best_eer,
+            "best_epoch": best_epoch,
+            "run_loss": run_loss,
+        }
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
     def result(completed: bool) -> TrainResult:
         best, best_side = _paths(out, cfg, "best")
