@@ -339,8 +339,8 @@ def spoof_tts(rng, idx: int, spk: Speaker) -> np.ndarray | None:
 # floor relative to the signal (dB).  Vocoders trained at 22.05 / 24 kHz and below leave such band limits and
 # floors, which detectors are known to pick up (Müller et al. 2021, "Speech is silver, silence is golden").
 VOCODER_OUTPUT = {
-    "D01": (12_000, -30.0),
-    "D02": (11_025, -28.0),
+    "D01": (12_000, -20.0),
+    "D02": (11_025, -20.0),
     "D03": (16_000, -60.0),
     "D04": (14_000, -55.0),
 }
