@@ -30,6 +30,7 @@ from .plan import Cell, load_manifest_cached
 _AUDIO_CACHE = AudioCache()
 _CACHED_MANIFEST: list[str] = [""]  # manifest whose audio the cache holds (cells come test-set-major)
 _MODEL_CACHE: dict[tuple, Any] = {}
+MODEL_CACHE_BYTES = 1 << 30
 
 
 def _audio_cache(cell: Cell) -> AudioCache:
@@ -49,16 +50,27 @@ def _model(cell: Cell):
         cell.checkpoint.arch,
         json.dumps(cell.checkpoint.model_config, sort_keys=True),
     )
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()  # keep one model in memory
-        _MODEL_CACHE[key] = load_checkpoint(
-            cell.checkpoint.path,
-            cell.checkpoint.arch,
-            model_cfg=cell.checkpoint.model_config or None,
-            trust_checkpoint=cell.trust_checkpoint,
-            device=cell.device,
-        )
-    return _MODEL_CACHE[key]
+    if key in _MODEL_CACHE:
+        _MODEL_CACHE[key] = _MODEL_CACHE.pop(key)  # most recently used last
+        return _MODEL_CACHE[key]
+    loaded = load_checkpoint(
+        cell.checkpoint.path,
+        cell.checkpoint.arch,
+        model_cfg=cell.checkpoint.model_config or None,
+        trust_checkpoint=cell.trust_checkpoint,
+        device=cell.device,
+    )
+    # Cells come test-set-major, so every checkpoint recurs once per test set: keep the models that fit
+    # MODEL_CACHE_BYTES (least recently used dropped first; always at least the current one).
+    _MODEL_CACHE[key] = loaded
+    while len(_MODEL_CACHE) > 1 and sum(map(_model_bytes, _MODEL_CACHE.values())) > MODEL_CACHE_BYTES:
+        _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+    return loaded
+
+
+def _model_bytes(loaded: Any) -> int:
+    model = loaded.model
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def cell_rows_df(cell: Cell) -> pd.DataFrame:
