@@ -306,6 +306,30 @@ class GraphBackEnd:
     [max |T|, mean T, max |S|, mean S, master].  The host module owns the layers under the official names.
     """
 
+    def build_graph(self, enc_dim: int, gat_dims, temperatures, pool_ratios) -> None:
+        """Create the graph layers under their official names (temperatures/ratios: spectral, temporal,
+        heterogeneous -- the official code uses the third for all four HS-GALs and their pools)."""
+        g0, g1 = (int(d) for d in gat_dims)
+        t_s, t_t, t_h = (float(t) for t in list(temperatures)[:3])
+        r_s, r_t, r_h = (float(r) for r in list(pool_ratios)[:3])
+        self.master1 = nn.Parameter(torch.randn(1, 1, g0))
+        self.master2 = nn.Parameter(torch.randn(1, 1, g0))
+        self.GAT_layer_S = GraphAttentionLayer(enc_dim, g0, temperature=t_s)
+        self.GAT_layer_T = GraphAttentionLayer(enc_dim, g0, temperature=t_t)
+        self.HtrgGAT_layer_ST11 = HtrgGraphAttentionLayer(g0, g1, temperature=t_h)
+        self.HtrgGAT_layer_ST12 = HtrgGraphAttentionLayer(g1, g1, temperature=t_h)
+        self.HtrgGAT_layer_ST21 = HtrgGraphAttentionLayer(g0, g1, temperature=t_h)
+        self.HtrgGAT_layer_ST22 = HtrgGraphAttentionLayer(g1, g1, temperature=t_h)
+        self.pool_S = GraphPool(r_s, g0)
+        self.pool_T = GraphPool(r_t, g0)
+        self.pool_hS1 = GraphPool(r_h, g1)
+        self.pool_hT1 = GraphPool(r_h, g1)
+        self.pool_hS2 = GraphPool(r_h, g1)
+        self.pool_hT2 = GraphPool(r_h, g1)
+        self.drop_way = nn.Dropout(0.2)
+        self.drop = nn.Dropout(0.5)
+        self.out_layer = nn.Linear(5 * g1, 2)
+
     def _branch(self, out_T, out_S, master, first, second, pool_S, pool_T):
         h_T, h_S, master = first(out_T, out_S, master)
         h_S = pool_S(h_S)
@@ -365,8 +389,6 @@ class AASIST(GraphBackEnd, nn.Module):
         n_sinc = int(cfg.filts[0])
         blocks = [tuple(cfg.filts[i]) for i in (1, 2, 3, 4, 4, 4)]
         enc_dim = int(blocks[-1][1])
-        g0, g1 = (int(d) for d in cfg.gat_dims)
-        t_s, t_t, t_h = (float(t) for t in cfg.temperatures[:3])
         n_spectral = n_sinc // POOL_STRIDE
         if n_spectral < 1:
             raise CheckpointError(f"AASIST config needs filts[0] >= {POOL_STRIDE} sinc filters, got {n_sinc}")
@@ -380,24 +402,7 @@ class AASIST(GraphBackEnd, nn.Module):
             )
         )
         self.pos_S = nn.Parameter(torch.randn(1, n_spectral, enc_dim))
-        self.master1 = nn.Parameter(torch.randn(1, 1, g0))
-        self.master2 = nn.Parameter(torch.randn(1, 1, g0))
-        self.GAT_layer_S = GraphAttentionLayer(enc_dim, g0, temperature=t_s)
-        self.GAT_layer_T = GraphAttentionLayer(enc_dim, g0, temperature=t_t)
-        self.HtrgGAT_layer_ST11 = HtrgGraphAttentionLayer(g0, g1, temperature=t_h)
-        self.HtrgGAT_layer_ST12 = HtrgGraphAttentionLayer(g1, g1, temperature=t_h)
-        self.HtrgGAT_layer_ST21 = HtrgGraphAttentionLayer(g0, g1, temperature=t_h)
-        self.HtrgGAT_layer_ST22 = HtrgGraphAttentionLayer(g1, g1, temperature=t_h)
-        r_s, r_t, r_h = (float(r) for r in cfg.pool_ratios[:3])
-        self.pool_S = GraphPool(r_s, g0)
-        self.pool_T = GraphPool(r_t, g0)
-        self.pool_hS1 = GraphPool(r_h, g1)
-        self.pool_hT1 = GraphPool(r_h, g1)
-        self.pool_hS2 = GraphPool(r_h, g1)
-        self.pool_hT2 = GraphPool(r_h, g1)
-        self.drop_way = nn.Dropout(0.2)
-        self.drop = nn.Dropout(0.5)
-        self.out_layer = nn.Linear(5 * g1, 2)
+        self.build_graph(enc_dim, cfg.gat_dims, cfg.temperatures, cfg.pool_ratios)
 
     @property
     def model_cfg(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AudioError, CheckpointError, SpecError
-from .aasist import GraphAttentionLayer, GraphBackEnd, GraphPool, HtrgGraphAttentionLayer
+from .aasist import GraphBackEnd
 
 log = logging.getLogger(__name__)
 
@@ -435,17 +435,12 @@ class SSLAASIST(GraphBackEnd, SSLCountermeasure):
         ll_dim = int(f[0])
         blocks = [tuple(int(c) for c in f[i]) for i in (1, 2, 3, 4, 4, 4)]
         enc_dim = blocks[-1][1]
-        g0, g1 = (int(v) for v in head_cfg["gat_dims"])
-        t_s, t_t, t_h = (float(v) for v in head_cfg["temperatures"][:3])
-        r_s, r_t, r_h = (float(v) for v in head_cfg["pool_ratios"][:3])
         if ll_dim < 3:
             raise SpecError(f"ssl-aasist head needs filts[0] >= 3 (the LL size), got {ll_dim}")
 
         self.LL = nn.Linear(ssl.config.hidden_size, ll_dim)
         self.first_bn = nn.BatchNorm2d(1)
         self.first_bn1 = nn.BatchNorm2d(enc_dim)
-        self.drop = nn.Dropout(0.5)
-        self.drop_way = nn.Dropout(0.2)
         self.selu = nn.SELU()
         self.encoder = nn.Sequential(
             *(nn.Sequential(SSLResidualBlock(a, b, first=(i == 0))) for i, (a, b) in enumerate(blocks))
@@ -457,21 +452,7 @@ class SSLAASIST(GraphBackEnd, SSLCountermeasure):
             nn.Conv2d(128, enc_dim, kernel_size=(1, 1)),
         )
         self.pos_S = nn.Parameter(torch.randn(1, ll_dim // 3, enc_dim))
-        self.master1 = nn.Parameter(torch.randn(1, 1, g0))
-        self.master2 = nn.Parameter(torch.randn(1, 1, g0))
-        self.GAT_layer_S = GraphAttentionLayer(enc_dim, g0, temperature=t_s)
-        self.GAT_layer_T = GraphAttentionLayer(enc_dim, g0, temperature=t_t)
-        self.HtrgGAT_layer_ST11 = HtrgGraphAttentionLayer(g0, g1, temperature=t_h)
-        self.HtrgGAT_layer_ST12 = HtrgGraphAttentionLayer(g1, g1, temperature=t_h)
-        self.HtrgGAT_layer_ST21 = HtrgGraphAttentionLayer(g0, g1, temperature=t_h)
-        self.HtrgGAT_layer_ST22 = HtrgGraphAttentionLayer(g1, g1, temperature=t_h)
-        self.pool_S = GraphPool(r_s, g0, 0.3)
-        self.pool_T = GraphPool(r_t, g0, 0.3)
-        self.pool_hS1 = GraphPool(r_h, g1, 0.3)
-        self.pool_hT1 = GraphPool(r_h, g1, 0.3)
-        self.pool_hS2 = GraphPool(r_h, g1, 0.3)
-        self.pool_hT2 = GraphPool(r_h, g1, 0.3)
-        self.out_layer = nn.Linear(5 * g1, 2)
+        self.build_graph(enc_dim, head_cfg["gat_dims"], head_cfg["temperatures"], head_cfg["pool_ratios"])
 
     @property
     def min_samples(self) -> int:
