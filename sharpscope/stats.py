@@ -274,33 +274,26 @@ def bootstrap_ci(
     return float(lo), float(hi), len(ok)
 
 
-def holm(p: Sequence[float]) -> np.ndarray:
-    """Holm (1979) step-down adjusted p-values; NaNs stay NaN and do not count towards m."""
+def _stepwise(p: Sequence[float], step: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Apply a multiple-testing adjustment to the finite p-values sorted ascending (stable); NaNs stay NaN
+    and do not count towards m."""
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="mergesort")]
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(1.0, adj)
+    if len(ok):
+        order = ok[np.argsort(p[ok], kind="mergesort")]
+        out[order] = np.minimum(1.0, step(p[order], len(ok)))
     return out
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values; NaNs stay NaN and do not count towards m."""
+    return _stepwise(p, lambda ps, m: np.maximum.accumulate((m - np.arange(m)) * ps))
 
 
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     """Benjamini–Hochberg (1995) step-up adjusted p-values (q-values); NaNs stay NaN."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="mergesort")]
-    raw = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(raw[::-1])[::-1]
-    out[order] = np.minimum(1.0, adj)
-    return out
+    return _stepwise(p, lambda ps, m: np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 # ---- table preparation -------------------------------------------------------------------------------------
