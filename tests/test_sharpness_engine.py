@@ -153,9 +153,9 @@ class InfAbove(Loss):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: MSharpness(rho=0.1),
-        lambda: WorstCase(rho=0.1, adaptive=False),
-        lambda: AverageCase(rho=0.1, samples=4),
+        lambda: MSharpness(rho=0.1, nonfinite="drop"),
+        lambda: WorstCase(rho=0.1, adaptive=False, nonfinite="drop"),
+        lambda: AverageCase(rho=0.1, samples=4, nonfinite="drop"),
     ],
 )
 def test_nonfinite_batches_are_reported_not_averaged(make):
@@ -171,6 +171,27 @@ def test_nonfinite_batches_are_reported_not_averaged(make):
     assert res.extra["n_utts_finite"] == 5
     assert res.value == pytest.approx((finite[0]["value"] * 2 + finite[1]["value"] * 3) / 5, rel=1e-12)
     assert math.isfinite(res.value)
+
+
+@pytest.mark.parametrize("cls", [MSharpness, WorstCase, AverageCase])
+def test_nonfinite_policy_error_names_the_batch_and_cap_counts_divergence_at_the_largest_value(cls):
+    A = spd_matrix()
+    model = Quadratic(A, W0)
+    clean = 0.5 * W0 @ A @ W0
+    # batch 1 (factor 10) diverges at every perturbed point; batches 0 and 2 stay finite
+    data = quad_batches([[1.0, 1.0], [10.0], [1.0, 1.0, 1.0]])
+    loss = InfAbove(limit=10.0 * clean + 1e-9)
+    kw = {"rho": 0.1} if cls is not AverageCase else {"rho": 0.1, "samples": 4}
+    with pytest.raises(SharpscopeError, match=r"batch 1 .*non-finite.*--nonfinite"):
+        cls(**kw).estimate(model, data, loss)
+    drop = cls(nonfinite="drop", **kw).estimate(model, data, loss)
+    cap = cls(nonfinite="cap", **kw).estimate(model, data, loss)
+    v0, v2 = drop.per_batch[0]["value"], drop.per_batch[2]["value"]
+    # hand-worked: drop = (2 v0 + 3 v2) / 5; cap counts the diverged batch (size 1) at max(v0, v2)
+    assert drop.value == pytest.approx((2 * v0 + 3 * v2) / 5, rel=1e-12)
+    assert cap.value == pytest.approx((2 * v0 + 1 * max(v0, v2) + 3 * v2) / 6, rel=1e-12)
+    assert drop.n_nonfinite == cap.n_nonfinite == 1 and cap.extra["n_capped"] == 1
+    assert cap.settings["nonfinite"] == "cap" and cap.value >= drop.value
 
 
 # ---- stopping rules ----------------------------------------------------------------------------------------
@@ -250,6 +271,7 @@ def test_registry_builds_every_available_measure():
         "worst-case",
         "average-case",
         "hessian-max",
+        "hessian-max-batchmean",
         "hessian-trace",
         "landscape",
     }

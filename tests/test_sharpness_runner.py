@@ -95,8 +95,9 @@ def test_m_sharpness_equals_the_reference_on_manifest_batches(corpus, adaptive):
     model = tiny_aasist()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scores, res = score_and_sharpness(
-        model, df, MSharpness(rho=0.05, adaptive=adaptive), "weighted-ce", batch_size=3, nb_samp=NB
-    )
+        model, df, MSharpness(rho=0.05, adaptive=adaptive), "weighted-ce", batch_size=3, nb_samp=NB,
+        order="manifest",
+    )  # fmt: skip
     ref, ref_values, ref_logits = reference_m_sharpness(model, df, 3, 0.05, adaptive, NB)
     assert [r["size"] for r in res.per_batch] == [3, 3, 1]  # partial last batch included
     assert [r["value"] for r in res.per_batch] == pytest.approx(ref_values, rel=1e-5, abs=1e-7)

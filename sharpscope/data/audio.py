@@ -5,8 +5,10 @@ soxr (high quality).  Two crop policies:
 
 * ``first`` -- the reference behaviour of AASIST / SSL_Anti-spoofing / SAM-AntiSpoofing evaluation: the first
   64,600 samples (~4 s); shorter clips are tiled (repeated) up to that length.
-* ``full`` -- whole utterances; batches are formed from utterances of similar length and zero-padded
-  (``Batch.lengths`` holds the true lengths).
+* ``full`` -- whole utterances, batched in the caller's order (length never overrides the order: batch
+  composition is a controlled variable) and zero-padded for storage only; ``Batch.lengths`` holds the true
+  lengths and every consumer forwards each exact-length group on its own
+  (:func:`sharpscope.models.outputs.grouped_forward`), so no utterance's logits depend on its batch mates.
 
 The policy is part of every result's settings.
 """
@@ -94,12 +96,6 @@ def _label_index(label: str) -> int:
     return {"bonafide": 1, "spoof": 0}.get(label, -1)
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (sorted by length, stable), for crop ``full``."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-
-
 class AudioCache:
     """In-memory LRU cache of decoded (and cropped) waveforms keyed by (path, crop, length).
 
@@ -149,8 +145,7 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Yield :class:`Batch` es from a manifest DataFrame (columns ``utt_id, path, label``).
 
-    ``order`` -- row positions in the order to batch them (default: manifest order).  With crop ``full`` the
-    rows are additionally grouped by length so padding is small.
+    ``order`` -- row positions in the order to batch them (default: manifest order), for every crop.
     """
     if crop not in CROPS:
         raise AudioError(f"unknown crop policy {crop!r}; use one of {', '.join(CROPS)}")
@@ -160,11 +155,7 @@ def iter_batches(
     labels = [_label_index(str(v)) for v in manifest["label"]]
     positions = list(range(len(paths))) if order is None else list(order)
 
-    if crop == "first":
-        groups = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
-    else:
-        waves_len = [len(cache.get(paths[i], "full", row=i + 1)) for i in positions]
-        groups = [[positions[j] for j in g] for g in length_buckets(waves_len, batch_size)]
+    groups = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
 
     for g in groups:
         waves = [cache.get(paths[i], crop, nb_samp, row=i + 1) for i in g]

@@ -126,6 +126,11 @@ class AverageCase(BatchwiseEstimator):
             mean = sum(vals) / len(vals)
             value = mean - pb.clean_loss[i] if n_bad == 0 else float("nan")
             info = {"mean_perturbed_loss": mean, "n_nonfinite_samples": n_bad, "sample_losses": vals}
+            if n_bad == 0:
+                parts = [log[i] for log in pb.parts_log]
+                info["per_class"] = {
+                    c: sum(p[c] for p in parts) / len(parts) - pb.clean_parts[i][c] for c in pb.clean_parts[i]
+                }
             if self._vmap_failed is not None:
                 info["vmap_fallback"] = self._vmap_failed
             out.append((value, info))

@@ -8,7 +8,8 @@
   the train/eval mode and ``requires_grad`` flags) on exit, also when an exception is raised.
 * Loss functions: ``weighted-ce`` (the reference loss of AASIST / SAM-AntiSpoofing: class weights
   [0.1 spoof, 0.9 bona fide], PyTorch's weighted mean), ``ce`` and the label-free ``kl-to-clean``.
-* :func:`logits_of`, :func:`unpack_batch` -- read model outputs and batches of any of the accepted forms.
+* :func:`forward_logits`, :func:`unpack_batch` -- logits of a model by its declared output layout (never by
+  position guessing), batch-independent under crop ``full``; batches of any of the accepted forms.
 
 The batchwise machinery shared by the loss-based estimators (functional perturbations, budget / CI stopping,
 several losses in one pass, the streaming session the runner scores through) is in
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SharpscopeError
+from ..models.outputs import forward_logits  # noqa: F401  (re-exported: one logits reader)
 
 REFERENCE_CLASS_WEIGHTS = (0.1, 0.9)  # [spoof, bonafide], AASIST / SAM-AntiSpoofing training loss
 
@@ -111,6 +113,18 @@ class Loss:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def batch_weight(self, labels: torch.Tensor) -> float:
+        """The normaliser of the batch loss (its denominator), so that the loss of a union of batches is
+        ``Σ_B W_B·L_B / Σ_B W_B``: the batch size for a plain mean."""
+        return float(labels.shape[0])
+
+    def per_utt(
+        self, logits: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Per-utterance terms ``[B]`` whose sum is the batch loss (for per-class contributions); ``None``
+        for a loss that does not decompose (no per-class split is reported then)."""
+        return None
+
     def ascent_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -135,6 +149,19 @@ class CrossEntropy(Loss):
             w = torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)
         return F.cross_entropy(logits, labels, weight=w)
 
+    def batch_weight(self, labels: torch.Tensor) -> float:
+        if self.class_weights is None:
+            return float(labels.shape[0])
+        cw = torch.tensor(self.class_weights, dtype=torch.float64)
+        return float(cw[labels.detach().cpu().long()].sum())
+
+    def per_utt(self, logits, labels, clean_logits=None):
+        raw = F.cross_entropy(logits, labels, reduction="none")
+        if self.class_weights is None:
+            return raw / labels.shape[0]
+        w = torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)[labels]
+        return w * raw / w.sum()
+
 
 class KLToClean(Loss):
     """Label-free loss: mean over utterances of KL(p_clean ‖ p_perturbed).
@@ -153,6 +180,13 @@ class KLToClean(Loss):
         logp_clean = F.log_softmax(clean_logits.detach(), dim=-1)
         logp = F.log_softmax(logits, dim=-1)
         return (logp_clean.exp() * (logp_clean - logp)).sum(-1).mean()
+
+    def per_utt(self, logits, labels, clean_logits=None):
+        if clean_logits is None:
+            raise ValueError("kl-to-clean needs the clean logits")
+        logp_clean = F.log_softmax(clean_logits.detach(), dim=-1)
+        logp = F.log_softmax(logits, dim=-1)
+        return (logp_clean.exp() * (logp_clean - logp)).sum(-1) / logits.shape[0]
 
     def ascent_loss(self, logits, labels, clean_logits=None):
         """Cross-entropy against the clean prediction (pseudo-label = argmax of the clean logits).
@@ -183,20 +217,11 @@ def make_loss(name: str) -> Loss:
 # ---- model outputs and batches ----------------------------------------------------------------------------
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The ``[B, 2]`` logits of a model output.
-
-    sharpscope models return logits; raw re-implementations of AASIST return ``(hidden, logits)`` and
-    ``transformers`` heads return an object with ``.logits`` -- both are accepted so foreign models work too.
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return output[-1]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+def batch_lengths(batch: Any) -> torch.Tensor | None:
+    """True lengths of a batch's utterances (crop ``full``), ``None`` where all are full length."""
+    return getattr(batch, "lengths", None) if not isinstance(batch, (dict, tuple, list)) else (
+        batch.get("lengths") if isinstance(batch, dict) else None
+    )
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
@@ -265,6 +290,49 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
             for n, b in model.named_buffers():
                 b.copy_(buffers[n])
         model.train(was_training)
+
+
+# ---- non-finite batches ------------------------------------------------------------------------------------
+
+NONFINITE_POLICIES = ("error", "drop", "cap")
+
+
+def check_nonfinite_policy(policy: str) -> None:
+    if policy not in NONFINITE_POLICIES:
+        raise SharpscopeError(
+            f"unknown non-finite policy {policy!r}; use one of {', '.join(NONFINITE_POLICIES)}"
+        )
+
+
+def check_nonfinite(policy: str, measure: str, index: int, batch: Any, what: str) -> None:
+    """Raise under policy ``error`` when batch ``index`` gave a NaN/inf ``what``; ``drop`` and ``cap`` let the
+    caller count it (see :func:`apply_nonfinite`)."""
+    if policy != "error":
+        return
+    ids = list(getattr(batch, "utt_ids", None) or []) if batch is not None else []
+    first = f" (first utterance {ids[0]})" if ids else ""
+    raise SharpscopeError(
+        f"{measure}: batch {index}{first} gave a non-finite {what}; rerun with --nonfinite drop (exclude and "
+        "count such batches) or --nonfinite cap (count them at the largest finite batch value), or lower rho"
+    )
+
+
+def apply_nonfinite(rows: list[dict[str, Any]], policy: str) -> None:
+    """Mark the per-batch rows that enter the estimate, in place.
+
+    ``drop``: only finite batches enter.  ``cap``: a batch whose loss at ``w`` is finite but whose perturbed
+    value is NaN/inf (divergence: the sharpest possible outcome) enters at the largest finite batch value of
+    the pass (``capped=True``) -- a lower bound on its sharpness instead of silently biasing the mean down;
+    batches whose loss at ``w`` itself is non-finite have no defined sharpness and are dropped.  Both count
+    every such batch in ``n_nonfinite``.
+    """
+    finite_values = [r["value"] for r in rows if r["finite"] and "value" in r]
+    cap = max(finite_values) if finite_values else math.nan
+    for r in rows:
+        r["used"] = bool(r["finite"])
+        if policy == "cap" and not r["finite"] and math.isfinite(r.get("clean_loss", math.nan)):
+            if math.isfinite(cap):
+                r["value"], r["capped"], r["used"] = cap, True, True
 
 
 # ---- statistics helpers -----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Algorithms here only need a linear operator with ``matvec(v)``, ``dim``, ``dtype`` and ``device`` -- in
 practice :class:`~sharpscope.sharpness.hvp.HessianOperator`, the Hessian of one batch's loss over a parameter
-scope (curvlinops' split of operators and algorithms).  The estimators apply one algorithm per batch and
-average the per-batch values weighted by batch size, like every other sharpness estimator.
+scope (curvlinops' split of operators and algorithms).  ``hessian-max`` runs its algorithm on the Hessian of
+the *test-set* loss (the weighted sum of the batch Hessians, one product per batch per iteration);
+``hessian-max-batchmean`` and ``hessian-trace`` run one algorithm per batch and summarise over batches.
 
 * ``hessian-max`` (:class:`HessianMax`): the largest Hessian eigenvalue λ_max.
 
@@ -56,7 +57,19 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from .base import Cost, Loss, SharpnessResult, logits_of, preserved, settings_dict, weighted_summary
+from .base import (
+    Cost,
+    Loss,
+    SharpnessResult,
+    apply_nonfinite,
+    batch_lengths,
+    check_nonfinite,
+    check_nonfinite_policy,
+    forward_logits,
+    preserved,
+    settings_dict,
+    weighted_summary,
+)
 from .hvp import AD_MODES, HessianOperator, batch_generator, batch_tensors, check_labels, model_device
 from .scope import resolve_scope
 
@@ -203,7 +216,8 @@ def hutchpp(op: LinearOperator, gen: torch.Generator, n_queries: int, block_size
 # ---- estimators -------------------------------------------------------------------------------------------
 
 
-def _check_common(scope: str, seed: int, ad_mode: str) -> None:
+def _check_common(scope: str, seed: int, ad_mode: str, nonfinite: str = "error") -> None:
+    check_nonfinite_policy(nonfinite)
     if ad_mode not in AD_MODES:
         raise SpecError(f"unknown ad_mode {ad_mode!r}; choose one of {', '.join(AD_MODES)}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
@@ -229,6 +243,7 @@ class HessianMaxSettings:
     seed: int = 0
     scope: str = "all"
     ad_mode: str = "auto"
+    nonfinite: str = "error"
 
     def __post_init__(self) -> None:
         if self.method not in ("power", "lanczos"):
@@ -238,7 +253,7 @@ class HessianMaxSettings:
         if not float(self.tol) >= 0:
             raise SpecError(f"hessian-max tol must be >= 0, got {self.tol!r}")
         self.iterations, self.tol = int(self.iterations), float(self.tol)
-        _check_common(self.scope, self.seed, self.ad_mode)
+        _check_common(self.scope, self.seed, self.ad_mode, self.nonfinite)
 
 
 @dataclass
@@ -254,6 +269,7 @@ class HessianTraceSettings:
     seed: int = 0
     scope: str = "all"
     ad_mode: str = "auto"
+    nonfinite: str = "error"
 
     def __post_init__(self) -> None:
         if self.method not in ("hutchinson", "hutch++"):
@@ -267,22 +283,62 @@ class HessianTraceSettings:
         self.block_size = int(self.block_size)
         if self.block_size < 1:
             raise SpecError(f"hessian-trace block_size must be >= 1, got {self.block_size}")
-        _check_common(self.scope, self.seed, self.ad_mode)
+        _check_common(self.scope, self.seed, self.ad_mode, self.nonfinite)
+
+
+class _SumOperator:
+    """``Σ_B c_B · H_B``: the Hessian of the test-set loss from the per-batch operators.
+
+    A union of batches has the loss ``L = Σ_B W_B·L_B / Σ_B W_B`` (``W_B`` the batch loss's normaliser, see
+    :meth:`~sharpscope.sharpness.base.Loss.batch_weight`), so its Hessian is exactly the ``c_B = W_B / ΣW``
+    weighted sum of the batch Hessians; one product costs one product per batch.
+    """
+
+    def __init__(self, ops: list[HessianOperator], coeffs: list[float]) -> None:
+        self.ops, self.coeffs = ops, coeffs
+        self.dim, self.dtype, self.device = ops[0].dim, ops[0].dtype, ops[0].device
+
+    @property
+    def n_matvec(self) -> int:
+        return sum(op.n_matvec for op in self.ops)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        out = None
+        for c, op in zip(self.coeffs, self.ops, strict=True):
+            hv = op.matvec(v) * c
+            out = hv if out is None else out + hv
+        return out  # type: ignore[return-value]
+
+    def matmat(self, vs: torch.Tensor, block_size: int = 1) -> torch.Tensor:
+        out = None
+        for c, op in zip(self.coeffs, self.ops, strict=True):
+            hv = op.matmat(vs, block_size=block_size) * c
+            out = hv if out is None else out + hv
+        return out  # type: ignore[return-value]
 
 
 class _PerBatchCurvature:
-    """Shared loop: one Hessian operator per batch, one algorithm run on it, size-weighted mean."""
+    """Shared loop of the curvature measures.
+
+    ``full_set`` (class attribute): one algorithm run on the Hessian of the whole test-set loss
+    (:class:`_SumOperator`; ``hessian-max``) -- otherwise one run per batch, summarised over batches weighted
+    by ``weighting``: ``loss`` (``W_B``, which makes a linear quantity such as the trace exactly that of the
+    test-set loss) or ``size`` (the per-batch mean of ``hessian-max-batchmean``).
+    """
 
     name = "curvature"
+    full_set = False
+    weighting = "loss"
     settings: Any
 
-    def _run(self, op: HessianOperator, gen: torch.Generator) -> tuple[float, dict[str, Any]]:
+    def _run(self, op: Any, gen: torch.Generator) -> tuple[float, dict[str, Any]]:
         raise NotImplementedError
 
     def estimate(self, model: nn.Module, batches: Iterable[Any], loss: Loss) -> SharpnessResult:
         s = self.settings
         cost = Cost()
         rows: list[dict[str, Any]] = []
+        ops: list[HessianOperator] = []
         mode, fallback = s.ad_mode, None
         with preserved(model):
             net, params = resolve_scope(model, s.scope)  # net is a merged copy for lora-merged
@@ -291,27 +347,56 @@ class _PerBatchCurvature:
             dim = sum(p.numel() for p in params.values())
             for i, batch in enumerate(batches):
                 x, y, size = batch_tensors(batch, device)
+                lens = batch_lengths(batch)
                 check_labels(loss, y, i)
                 with torch.no_grad():
-                    logits = logits_of(net(x))
+                    logits = forward_logits(net, x, lens)
                     clean = logits if loss.needs_clean else None
                     loss0 = float(loss(logits, y, clean))
                 cost.forward += 1
-                row: dict[str, Any] = {"index": i, "size": size, "loss": loss0}
-                value = math.nan
-                if math.isfinite(loss0):
-                    op = HessianOperator(net, loss, x, y, params, clean_logits=clean, ad_mode=mode)
-                    value, info = self._run(op, batch_generator(s.seed, i))
-                    row.update(info)
-                    cost.hvp += op.n_matvec
-                    mode = op.mode
-                    fallback = fallback or op.fallback_reason
+                row: dict[str, Any] = {"index": i, "size": size, "loss": loss0, "clean_loss": loss0}
+                row["weight"] = loss.batch_weight(y)
+                rows.append(row)
+                if not math.isfinite(loss0):
+                    row.update(value=math.nan, finite=False)
+                    check_nonfinite(s.nonfinite, self.name, i, batch, "the loss at w")
+                    continue
+                op = HessianOperator(net, loss, x, y, params, clean_logits=clean, ad_mode=mode, lengths=lens)
+                if self.full_set:
+                    ops.append(op)
+                    row["finite"] = True
+                    continue
+                value, info = self._run(op, batch_generator(s.seed, i))
+                row.update(info)
+                cost.hvp += op.n_matvec
+                mode = op.mode
+                fallback = fallback or op.fallback_reason
                 row["value"] = value
                 row["finite"] = math.isfinite(value)
-                rows.append(row)
-        ok = [r for r in rows if r["finite"]]
-        mean, se, ci = weighted_summary([r["value"] for r in ok], [r["size"] for r in ok], seed=s.seed)
-        extra: dict[str, Any] = {"dim": int(dim), "ad_mode": mode}
+                if not row["finite"]:
+                    check_nonfinite(s.nonfinite, self.name, i, batch, "the estimate")
+            apply_nonfinite(rows, s.nonfinite)
+            ok = [r for r in rows if r["used"]]
+            extra: dict[str, Any] = {"dim": int(dim)}
+            extra["weighting"] = "full-set" if self.full_set else self.weighting
+            if self.full_set and ops:
+                total = sum(r["weight"] for r in ok)
+                sum_op = _SumOperator(ops, [r["weight"] / total for r in ok])
+                value, info = self._run(sum_op, batch_generator(s.seed, 0))
+                cost.hvp += sum_op.n_matvec
+                mode = ops[0].mode
+                fallback = next((op.fallback_reason for op in ops if op.fallback_reason), None)
+                extra.update(info)
+                mean, se, ci = value, math.nan, (math.nan, math.nan)
+                extra["ci_note"] = "one eigenvalue of the test-set Hessian: no CI over batches"
+                if not math.isfinite(value):
+                    check_nonfinite(s.nonfinite, self.name, 0, None, "the test-set eigenvalue")
+            else:
+                key = "weight" if self.weighting == "loss" else "size"
+                mean, se, ci = weighted_summary(
+                    [r["value"] for r in ok], [r[key] for r in ok], seed=s.seed
+                )
+        extra["ad_mode"] = mode
         if fallback:
             extra["ad_fallback_reason"] = fallback
         return SharpnessResult(
@@ -319,21 +404,23 @@ class _PerBatchCurvature:
             value=mean,
             stderr=se,
             ci95=ci,
-            n_utts=sum(r["size"] for r in ok),
-            n_batches=len(ok),
+            n_utts=sum(r["size"] for r in rows),
+            n_batches=len(rows),
             per_batch=rows,
             cost=cost.as_dict(),
-            settings={**settings_dict(s), "loss": loss.name},
-            n_nonfinite=len(rows) - len(ok),
-            extra=extra,
+            settings={**settings_dict(s), "loss": loss.name, "measure": self.name},
+            n_nonfinite=sum(1 for r in rows if not r["finite"]),
+            extra={**extra, "n_utts_finite": sum(r["size"] for r in ok)},
         )
 
 
 class HessianMax(_PerBatchCurvature):
-    """``hessian-max``: per-batch top Hessian eigenvalue (power iteration or Lanczos)."""
+    """``hessian-max``: the top eigenvalue of the Hessian of the whole test-set loss (power iteration or
+    Lanczos on :class:`_SumOperator`)."""
 
     name = "hessian-max"
     Settings = HessianMaxSettings
+    full_set = True
 
     def __init__(self, settings: HessianMaxSettings | None = None, **kwargs: Any) -> None:
         if settings is not None and kwargs:
@@ -352,8 +439,22 @@ class HessianMax(_PerBatchCurvature):
         return est.value, info
 
 
+class HessianMaxBatchMean(HessianMax):
+    """``hessian-max-batchmean``: the size-weighted mean over batches of each batch's top eigenvalue.
+
+    Depends on the batch size (a batch Hessian's λ_max exceeds the test-set one by Weyl's inequality on
+    average), so it is *not* the λ_max of the test-set loss; kept under its own name for comparison with
+    per-batch studies.
+    """
+
+    name = "hessian-max-batchmean"
+    full_set = False
+    weighting = "size"
+
+
 class HessianTrace(_PerBatchCurvature):
-    """``hessian-trace``: per-batch Hessian trace (Hutchinson or Hutch++)."""
+    """``hessian-trace``: trace of the test-set loss Hessian, ``Σ_B c_B tr(H_B)`` (per-batch Hutchinson or
+    Hutch++ weighted by the batch loss normalisers, which makes it exactly the trace of the union)."""
 
     name = "hessian-trace"
     Settings = HessianTraceSettings

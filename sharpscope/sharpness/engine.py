@@ -38,7 +38,20 @@ import torch
 from torch import nn
 
 from ..errors import SharpscopeError
-from .base import Cost, Loss, SharpnessResult, logits_of, make_loss, preserved, settings_dict, unpack_batch
+from ..models.outputs import length_groups, logits_of, output_layout
+from .base import (
+    Cost,
+    Loss,
+    SharpnessResult,
+    apply_nonfinite,
+    batch_lengths,
+    check_nonfinite,
+    check_nonfinite_policy,
+    make_loss,
+    preserved,
+    settings_dict,
+    unpack_batch,
+)
 from .base import weighted_summary as _weighted_summary
 
 PRECISIONS = ("fp32", "bf16")
@@ -62,6 +75,9 @@ class CommonSettings:
     * ``seed`` -- seeds every random draw (noise, random starts, bootstrap).
     * ``precision`` -- ``fp32`` or ``bf16`` (autocast on the model's device; losses are computed in fp32).
     * ``n_boot`` -- bootstrap resamples over batches for the CI.
+    * ``nonfinite`` -- what a NaN/inf batch value does: ``error`` (stop with one line naming the batch),
+      ``drop`` (exclude it, count it in ``n_nonfinite``) or ``cap`` (a perturbed divergence enters at the
+      largest finite batch value; see :func:`~sharpscope.sharpness.base.apply_nonfinite`).
     """
 
     scope: str = "all"
@@ -72,8 +88,10 @@ class CommonSettings:
     seed: int = 0
     precision: str = "fp32"
     n_boot: int = 1000
+    nonfinite: str = "error"
 
     def validate(self) -> None:
+        check_nonfinite_policy(self.nonfinite)
         if self.precision not in PRECISIONS:
             raise SharpscopeError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.budget is not None and self.budget < 1:
@@ -126,7 +144,9 @@ class FunctionalForward:
                 if all(id(params[n]) in ids for n in self.w):
                     self.prefix, self.module = prefix, suffix
                     self.rename = {n: ids[id(params[n])] for n in self.w}
-        self._inp: torch.Tensor | None = None
+        self.layout = output_layout(model)
+        self._inp: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+        self._order: torch.Tensor | None = None
 
     @property
     def uses_prefix_cache(self) -> bool:
@@ -137,38 +157,61 @@ class FunctionalForward:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    def set_input(self, x: torch.Tensor) -> None:
-        """Fix the batch input (and compute the frozen prefix once, when there is one)."""
-        if self.prefix is None:
-            self._inp = x
+    def set_input(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """Fix the batch input (and compute the frozen prefix once, when there is one).
+
+        With ``lengths`` (crop ``full``) every exact-length group is its own forward, trimmed to its length
+        (:mod:`sharpscope.models.outputs`), so no utterance's logits depend on its batch mates.
+        """
+        groups = length_groups(lengths)
+        if groups is None:
+            n = x.shape[-1] if lengths is None else int(lengths.max())
+            parts: list[tuple[torch.Tensor | None, torch.Tensor]] = [(None, x[..., :n])]
+            self._order = None
         else:
+            lens = lengths.detach().cpu()  # type: ignore[union-attr]
+            parts = [(idx, x[idx.to(x.device)][..., : int(lens[idx[0]])]) for idx in groups]
+            order = torch.cat(groups).to(x.device)
+            self._order = torch.empty_like(order)
+            self._order[order] = torch.arange(len(order), device=x.device)
+        if self.prefix is not None:
             with torch.no_grad(), self._autocast():
-                self._inp = self.prefix(x)
+                parts = [(idx, self.prefix(inp)) for idx, inp in parts]
+        self._inp = parts
+
+    def _merge(self, outs: list[torch.Tensor], dim: int) -> torch.Tensor:
+        if self._order is None:
+            return outs[0]
+        return torch.cat(outs, dim=dim).index_select(dim, self._order)
 
     def _out(self, out: Any) -> torch.Tensor:
-        z = logits_of(out)
+        z = logits_of(out, self.layout)
         return z.float() if self.bf16 else z
 
     def __call__(self, delta: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         with self._autocast():
             if not delta:
-                return self._out(self.module(self._inp))
+                return self._merge([self._out(self.module(inp)) for _, inp in self._inp], 0)
             weights = {self.rename[n]: self.w[n] + d for n, d in delta.items()}
-            return self._out(torch.func.functional_call(self.module, weights, (self._inp,)))
+            call = torch.func.functional_call
+            return self._merge([self._out(call(self.module, weights, (inp,))) for _, inp in self._inp], 0)
 
     def batched(self, deltas: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``[c, B, C]`` for ``c`` perturbations stacked on dim 0 of each ``deltas`` entry (vmap)."""
-        inp = self._inp
+        layout = self.layout
 
-        def one(d: dict[str, torch.Tensor]) -> torch.Tensor:
+        def one(d: dict[str, torch.Tensor], inp: torch.Tensor) -> torch.Tensor:
             weights = {self.rename[n]: self.w[n] + t for n, t in d.items()}
-            return logits_of(torch.func.functional_call(self.module, weights, (inp,)))
+            return logits_of(torch.func.functional_call(self.module, weights, (inp,)), layout)
 
+        outs = []
         with self._autocast(), warnings.catch_warnings():
             # vmap falls back to a per-sample loop for ops without a batching rule (e.g. weight norm) and says
             # so once per call; the result is still exact, the warning is noise here.
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            z = torch.func.vmap(one, in_dims=(0,), randomness="error")(deltas)
+            for _, inp in self._inp:
+                outs.append(torch.func.vmap(one, in_dims=(0, None), randomness="error")(deltas, inp))
+        z = self._merge(outs, 1)
         return z.float() if self.bf16 else z
 
 
@@ -191,6 +234,7 @@ class BatchProblem:
         costs: Sequence[Cost],
         shared: Cost,
         need_grad: bool,
+        lengths: torch.Tensor | None = None,
     ) -> None:
         self.fwd, self.x, self.y, self.losses, self.costs, self.shared = (
             fwd,
@@ -201,7 +245,9 @@ class BatchProblem:
             shared,
         )
         self.w = fwd.w
-        fwd.set_input(x)
+        self.last_parts: list[dict[str, float]] = [{} for _ in self.losses]
+        self.parts_log: list[list[dict[str, float]]] = []  # per perturbation of values_all*: per loss
+        fwd.set_input(x, lengths)
         self.grads: list[dict[str, torch.Tensor] | None] = [None] * len(self.losses)
         shared.forward += 1
         for c in costs:
@@ -215,6 +261,7 @@ class BatchProblem:
                 for i, loss in enumerate(self.losses):
                     value = loss(logits, y, self.clean_logits)
                     self.clean_loss.append(float(value.detach()))
+                    self.last_parts[i] = self.class_parts(i, logits.detach())
                     if not _is_finite(self.clean_loss[-1]):
                         continue
                     asc = loss.ascent_loss(logits, y, self.clean_logits)
@@ -229,6 +276,8 @@ class BatchProblem:
                 self.clean_loss = [
                     float(loss(self.clean_logits, y, self.clean_logits)) for loss in self.losses
                 ]
+                self.last_parts = [self.class_parts(i, self.clean_logits) for i in range(len(self.losses))]
+        self.clean_parts = [dict(p) for p in self.last_parts]
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -236,12 +285,32 @@ class BatchProblem:
     def loss_tensor(self, i: int, logits: torch.Tensor) -> torch.Tensor:
         return self.losses[i](logits, self.y, self.clean_logits)
 
+    def class_parts(self, i: int, logits: torch.Tensor) -> dict[str, float]:
+        """Loss ``i`` at ``logits`` split into the sums of its per-utterance terms by class (they add up to
+        the batch loss): the per-class contributions every result reports."""
+        with torch.no_grad():
+            terms = self.losses[i].per_utt(logits.detach(), self.y, self.clean_logits)
+        if terms is None:
+            return {}
+        terms = terms.double()
+        out = {}
+        for code, name in ((1, "bonafide"), (0, "spoof"), (-1, "unlabelled")):
+            mask = self.y == code
+            if bool(mask.any()):
+                out[name] = float(terms[mask].sum())
+        return out
+
+    def parts_delta(self, parts: dict[str, float], i: int) -> dict[str, float]:
+        """Per-class contributions of a perturbed evaluation minus those at ``w``."""
+        return {c: parts[c] - self.clean_parts[i][c] for c in parts}
+
     def value(self, i: int, delta: dict[str, torch.Tensor]) -> float:
         """Loss ``i`` at ``w + δ`` (no grad)."""
         with torch.no_grad():
             z = self.fwd(delta)
         self.costs[i].forward += 1
         self.shared.forward += 1
+        self.last_parts[i] = self.class_parts(i, z)
         return float(self.loss_tensor(i, z))
 
     def values_all(self, delta: dict[str, torch.Tensor]) -> list[float]:
@@ -253,6 +322,7 @@ class BatchProblem:
         for i in range(len(self.losses)):
             self.costs[i].forward += 1
             out.append(float(self.loss_tensor(i, z)))
+        self.parts_log.append([self.class_parts(i, z) for i in range(len(self.losses))])
         return out
 
     def values_all_batched(self, deltas: dict[str, torch.Tensor]) -> list[list[float]]:
@@ -263,14 +333,18 @@ class BatchProblem:
         self.shared.forward += c
         for i in range(len(self.losses)):
             self.costs[i].forward += c
+        for k in range(c):
+            self.parts_log.append([self.class_parts(i, z[k]) for i in range(len(self.losses))])
         return [[float(self.loss_tensor(i, z[k])) for i in range(len(self.losses))] for k in range(c)]
 
     def value_and_grad(self, i: int, delta: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
         """Loss ``i`` at ``w + δ`` and its gradient w.r.t. δ (zeros for parameters the loss does not use)."""
         d = {n: t.detach().requires_grad_(True) for n, t in delta.items()}
         with torch.enable_grad():
-            value = self.loss_tensor(i, self.fwd(d))
+            z = self.fwd(d)
+            value = self.loss_tensor(i, z)
             g = torch.autograd.grad(value, list(d.values()), allow_unused=True)
+        self.last_parts[i] = self.class_parts(i, z)
         self.costs[i].forward += 1
         self.costs[i].backward += 1
         self.shared.forward += 1
@@ -387,6 +461,7 @@ class EstimateSession:
             [t.cost for t in self.tracks],
             self.shared,
             self.est.needs_clean_grad,
+            batch_lengths(batch),
         )
         size = len(pb)
         outs = self.est.batch_values(pb, self.names, derive_seed(s.seed, index, 0))
@@ -405,6 +480,9 @@ class EstimateSession:
                 "clean_loss": pb.clean_loss[i],
             }
             row.update(info)
+            if not finite:
+                what = "loss at w" if not _is_finite(pb.clean_loss[i]) else f"{self.est.name} value"
+                check_nonfinite(s.nonfinite, f"{self.est.name} ({t.loss.name})", index, batch, what)
             if self.groups:
                 row["per_layer"] = {g: group_outs[g][i][0] for g in self.groups}
                 for g in self.groups:
@@ -420,7 +498,7 @@ class EstimateSession:
     def score(self, batch: Any) -> torch.Tensor:
         """Clean logits of a batch without estimating (scoring the rest of a set after an early stop)."""
         x, _, _ = unpack_batch(batch)
-        self.fwd.set_input(x.to(self.fwd.device))
+        self.fwd.set_input(x.to(self.fwd.device), batch_lengths(batch))
         with torch.no_grad():
             return self.fwd(None).detach()
 
@@ -440,8 +518,11 @@ class EstimateSession:
         s = self.est.settings
         out = []
         for t in self.tracks:
-            values, sizes = t.finite()
+            apply_nonfinite(t.per_batch, s.nonfinite)
+            used = [r for r in t.per_batch if r["used"]]
+            values, sizes = [r["value"] for r in used], [r["size"] for r in used]
             mean, se, ci = _weighted_summary(values, sizes, n_boot=s.n_boot, seed=s.seed)
+            per_class = _per_class_mean(used)
             per_layer = None
             if self.groups:
                 per_layer = {}
@@ -454,7 +535,10 @@ class EstimateSession:
             extra = {
                 **self.extra,
                 "stop_reason": self.stop_reason,
-                "n_utts_finite": int(sum(sizes)),
+                "n_utts_finite": int(sum(r["size"] for r in t.per_batch if r["finite"])),
+                "n_capped": sum(1 for r in t.per_batch if r.get("capped")),
+                "nonfinite_policy": s.nonfinite,
+                "per_class": per_class,
                 "cost_shared_total": self.shared.as_dict(),
                 "param_groups": {g: len(v) for g, v in self.groups.items()} if self.groups else None,
             }
@@ -475,6 +559,17 @@ class EstimateSession:
                 )
             )
         return out
+
+
+def _per_class_mean(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Size-weighted mean over batches of each class's contribution (they add up to the estimate when every
+    used batch has a split; capped batches have none and are left out -- the split then covers the rest)."""
+    split = [r for r in rows if r.get("per_class")]
+    if not split:
+        return None
+    total = sum(r["size"] for r in split)
+    classes = sorted({c for r in split for c in r["per_class"]})
+    return {c: sum(r["per_class"].get(c, 0.0) * r["size"] for r in split) / total for c in classes}
 
 
 # ---- the base class ----------------------------------------------------------------------------------------

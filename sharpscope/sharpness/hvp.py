@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from ..errors import SharpscopeError
-from .base import Loss, logits_of, unpack_batch
+from .base import Loss, forward_logits, unpack_batch
 
 AD_MODES = ("auto", "forward-over-reverse", "reverse-over-reverse")
 
@@ -108,10 +108,11 @@ class HessianOperator:
         *,
         clean_logits: torch.Tensor | None = None,
         ad_mode: str = "auto",
+        lengths: torch.Tensor | None = None,
     ) -> None:
         if ad_mode not in AD_MODES:
             raise SharpscopeError(f"unknown ad_mode {ad_mode!r}; choose one of {', '.join(AD_MODES)}")
-        self.model, self.loss, self.x, self.y = model, loss, x, y
+        self.model, self.loss, self.x, self.y, self.lengths = model, loss, x, y, lengths
         self.names = list(params)
         self.theta = tuple(p.detach() for p in params.values())
         self.shapes = [t.shape for t in self.theta]
@@ -123,7 +124,7 @@ class HessianOperator:
         self.dtype, self.device = dtype, self.theta[0].device
         if loss.needs_clean and clean_logits is None:
             with torch.no_grad():
-                clean_logits = logits_of(model(x))
+                clean_logits = forward_logits(model, x, lengths)
         self.clean_logits = None if clean_logits is None else clean_logits.detach()
         self.mode = ad_mode
         self.fallback_reason: str | None = None
@@ -140,7 +141,8 @@ class HessianOperator:
 
     # -- the loss as a function of the scoped parameters
     def _loss(self, theta: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        logits = logits_of(functional_call(self.model, dict(zip(self.names, theta, strict=True)), (self.x,)))
+        params = dict(zip(self.names, theta, strict=True))
+        logits = forward_logits(self.model, self.x, self.lengths, params=params)
         return self.loss(logits, self.y, self.clean_logits)
 
     def loss_value(self) -> float:

@@ -45,7 +45,16 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from .base import Cost, Loss, SharpnessResult, logits_of, preserved, settings_dict, weighted_summary
+from .base import (
+    Cost,
+    Loss,
+    SharpnessResult,
+    batch_lengths,
+    forward_logits,
+    preserved,
+    settings_dict,
+    weighted_summary,
+)
 from .hvp import batch_tensors, check_labels, model_device
 from .scope import resolve_scope
 
@@ -162,7 +171,9 @@ class Landscape:
             net, params = resolve_scope(model, s.scope)  # net is a merged copy for lora-merged
             net.eval()
             device = model_device(net)
-            data = [batch_tensors(b, device) for b in batches]
+            batch_list = list(batches)
+            data = [batch_tensors(b, device) for b in batch_list]
+            lens = [batch_lengths(b) for b in batch_list]
             if not data:
                 return _empty_result(self.name, s, loss)
             for i, (_, y, _) in enumerate(data):
@@ -174,8 +185,8 @@ class Landscape:
             clean: list[torch.Tensor] = []
             l0 = []
             with torch.no_grad():
-                for x, y, _ in data:
-                    logits = logits_of(net(x))
+                for (x, y, _), ln in zip(data, lens, strict=True):
+                    logits = forward_logits(net, x, ln)
                     cost.forward += 1
                     if loss.needs_clean:
                         clean.append(logits)
@@ -196,7 +207,7 @@ class Landscape:
                         p.copy_(new)
                     vals = []
                     for i, (x, y, _) in enumerate(data):
-                        logits = logits_of(net(x))
+                        logits = forward_logits(net, x, lens[i])
                         cost.forward += 1
                         vals.append(float(loss(logits, y, clean[i] if loss.needs_clean else None)))
                 return np.array(vals)

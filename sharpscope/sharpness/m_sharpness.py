@@ -76,5 +76,6 @@ class MSharpness(BatchwiseEstimator):
                 continue
             eps = one_step_perturbation(pb.w, g, s.rho, s.adaptive)
             perturbed = pb.value(i, eps)
-            out.append((perturbed - pb.clean_loss[i], {"perturbed_loss": perturbed}))
+            per_class = pb.parts_delta(pb.last_parts[i], i)
+            out.append((perturbed - pb.clean_loss[i], {"perturbed_loss": perturbed, "per_class": per_class}))
         return out

@@ -20,6 +20,7 @@ MEASURES: dict[str, str] = {
     "worst-case": "sharpscope.sharpness.worst_case:WorstCase",
     "average-case": "sharpscope.sharpness.average_case:AverageCase",
     "hessian-max": "sharpscope.sharpness.curvature:HessianMax",
+    "hessian-max-batchmean": "sharpscope.sharpness.curvature:HessianMaxBatchMean",
     "hessian-trace": "sharpscope.sharpness.curvature:HessianTrace",
     "landscape": "sharpscope.sharpness.landscape:Landscape",
 }

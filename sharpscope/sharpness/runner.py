@@ -7,13 +7,28 @@ estimate stops early (``budget`` / ``ci_width``) the remaining batches are score
 scores always cover the whole manifest.  Estimators without a streaming session (curvature, landscape) get a
 separate scoring pass over the same (cached) audio.
 
-Batch order (part of the estimate's statistics; batches are the unit of the size-weighted mean and the CI):
+Batch composition is a controlled, recorded variable: m-sharpness is non-linear per batch (class-sorted and
+stratified orders of one set differ by 70 % on a tiny model) and a class-weighted loss depends on each
+batch's class mix.  Two settings fix it, and both are recorded in every result:
 
-* ``manifest`` -- the reference: rows in manifest order (the seed paper's setting);
-* ``shuffled`` -- a seeded permutation of the rows;
-* ``balanced`` -- class-stratified: rows of each class are shuffled (seeded) and interleaved so that every
-  batch holds the *dataset's* class proportions (each class count within one of ``B · p_class``).  Equal
-  (50/50) batches are not offered: with ASVspoof's ~10 % bona fide they would drop or repeat utterances.
+Batch order (batches are the unit of the size-weighted mean and the CI):
+
+* ``balanced`` (default) -- class-stratified: rows of each class are shuffled (seeded) and interleaved so
+  that every batch holds the estimation set's class proportions (each class count within one of
+  ``B · p_class``); independent of how the manifest happens to be sorted.
+* ``manifest`` -- rows in manifest order (the seed paper's setting, Huang et al. 2025; class-sorted
+  manifests such as Fake-or-Real's make it compare corpus layouts);
+* ``shuffled`` -- a seeded permutation of the rows.
+
+Class mix of the utterances the estimate uses (``class_mix``):
+
+* ``dataset`` (default) -- every labelled utterance, at the set's own bona fide share;
+* ``equal`` -- 50 % bona fide: the larger class is subsampled (seeded) to the size of the smaller;
+* ``P`` (a number in (0, 1)) -- bona fide share P: the largest subsample with that share.
+
+Each utterance is used at most once per pass; utterances left out of the estimate are still scored (EER
+always covers the whole set).  With crop ``full`` the chosen order is kept (no length bucketing) and every
+exact-length group is its own forward, so no utterance's logits depend on its batch mates.
 """
 
 from __future__ import annotations
@@ -28,13 +43,61 @@ from torch import nn
 
 from ..data.audio import NB_SAMP, AudioCache, iter_batches
 from ..errors import ScoreError, SharpscopeError
-from .base import Loss, SharpnessResult, logits_of, preserved
+from .base import Loss, SharpnessResult, forward_logits, preserved
 from .engine import as_loss
 
-ORDERS = ("manifest", "shuffled", "balanced")
+ORDERS = ("balanced", "manifest", "shuffled")
+DEFAULT_ORDER = "balanced"
+DEFAULT_CLASS_MIX = "dataset"
 
 
-def batch_order(labels: Sequence[Any], order: str = "manifest", seed: int = 0) -> list[int]:
+def parse_class_mix(value: Any) -> str | float:
+    """``dataset``, ``equal`` or a bona fide share in (0, 1) (given as a number or a string)."""
+    if isinstance(value, str) and value in ("dataset", "equal"):
+        return value
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise SharpscopeError(
+            f"class mix must be dataset, equal or a bona fide share in (0, 1), got {value!r}"
+        ) from None
+    if isinstance(value, bool) or not 0 < p < 1:
+        raise SharpscopeError(f"class mix share must lie strictly between 0 and 1, got {value!r}")
+    return p
+
+
+def class_mix_rows(labels: Sequence[Any], class_mix: Any = "dataset", seed: int = 0) -> list[int]:
+    """Row positions (sorted) of the utterances the estimate uses under ``class_mix`` (module docstring).
+
+    ``equal`` keeps ``min(n_bonafide, n_spoof)`` of each class; a share ``P`` keeps every utterance of the
+    scarcer class (relative to P) and rounds the other to ``n_b / (n_b + n_s) ≈ P``.  Unlabelled rows are
+    kept only under ``dataset``.
+    """
+    mix = parse_class_mix(class_mix)
+    lab = np.asarray([str(v) for v in labels])
+    if mix == "dataset":
+        return list(range(len(lab)))
+    bona, spoof = np.flatnonzero(lab == "bonafide"), np.flatnonzero(lab == "spoof")
+    if len(bona) == 0 or len(spoof) == 0:
+        raise SharpscopeError(
+            f"class mix {class_mix!r} needs both classes; the set has {len(bona)} bona fide and "
+            f"{len(spoof)} spoof utterances -- use class mix dataset"
+        )
+    p = 0.5 if mix == "equal" else float(mix)
+    if len(bona) / (len(bona) + len(spoof)) >= p:  # bona fide abundant: keep every spoof
+        n_s = len(spoof)
+        n_b = min(len(bona), int(round(n_s * p / (1 - p))))
+    else:
+        n_b = len(bona)
+        n_s = min(len(spoof), int(round(n_b * (1 - p) / p)))
+    if n_b < 1 or n_s < 1:
+        raise SharpscopeError(f"class mix {class_mix!r} leaves no utterance of one class in this set")
+    rng = np.random.default_rng([int(seed), 7])
+    keep = np.concatenate([rng.choice(bona, n_b, replace=False), rng.choice(spoof, n_s, replace=False)])
+    return sorted(int(i) for i in keep)
+
+
+def batch_order(labels: Sequence[Any], order: str = DEFAULT_ORDER, seed: int = 0) -> list[int]:
     """Row positions in the order they are batched (see the module docstring)."""
     n = len(labels)
     if order == "manifest":
@@ -67,8 +130,9 @@ def score_table(manifest: pd.DataFrame, logits: dict[int, np.ndarray]) -> pd.Dat
 
 def _plain_logits(model: nn.Module, batch: Any) -> torch.Tensor:
     device = next(model.parameters()).device
+    lengths = None if batch.lengths is None else batch.lengths.to(device)
     with torch.no_grad():
-        return logits_of(model(batch.wave.to(device))).float()
+        return forward_logits(model, batch.wave.to(device), lengths).float()
 
 
 def score_and_sharpness(
@@ -79,7 +143,8 @@ def score_and_sharpness(
     *,
     batch_size: int = 32,
     crop: str = "first",
-    order: str = "manifest",
+    order: str = DEFAULT_ORDER,
+    class_mix: Any = DEFAULT_CLASS_MIX,
     seed: int | None = None,
     nb_samp: int = NB_SAMP,
     cache: AudioCache | None = None,
@@ -88,10 +153,10 @@ def score_and_sharpness(
     """Scores of every manifest row and the sharpness estimate, from one shared pass.
 
     ``loss`` -- one loss (returns one :class:`SharpnessResult`) or several (returns ``{loss name: result}``,
-    e.g. ``["weighted-ce", "kl-to-clean"]`` for labelled and label-free on the same batches).  ``seed`` seeds
-    the batch order (default: the estimator's seed).  ``progress(n_done, n_total)`` is called per batch.
-    The model is used where it is (move it to the device first); it is in eval mode during the pass and
-    restored bit-for-bit afterwards.
+    e.g. ``["weighted-ce", "kl-to-clean"]`` for labelled and label-free on the same batches).  ``order`` and
+    ``class_mix`` fix the batch composition (module docstring); ``seed`` seeds both (default: the estimator's
+    seed).  ``progress(n_done, n_total)`` is called per batch.  The model is used where it is (move it to the
+    device first); it is in eval mode during the pass and restored bit-for-bit afterwards.
     """
     if batch_size < 1:
         raise SharpscopeError(f"batch size must be positive, got {batch_size}")
@@ -100,10 +165,14 @@ def score_and_sharpness(
     settings = getattr(estimator, "settings", None)
     if seed is None:
         seed = int(getattr(settings, "seed", 0))
+    mix = parse_class_mix(class_mix)
     many = not isinstance(loss, (str, Loss))
     losses = list(loss) if many else [loss]
     cache = cache if cache is not None else AudioCache()
-    positions = batch_order(manifest["label"].tolist(), order, seed)
+    labels = manifest["label"].astype(str).tolist()
+    used = class_mix_rows(labels, mix, seed)
+    positions = [used[k] for k in batch_order([labels[i] for i in used], order, seed)]
+    rest = sorted(set(range(len(manifest))) - set(used))
     n_total = len(manifest)
     logits: dict[int, np.ndarray] = {}
 
@@ -114,30 +183,40 @@ def score_and_sharpness(
         if progress is not None:
             progress(len(logits), n_total)
 
-    def batches():
-        return iter_batches(manifest, batch_size, crop, nb_samp=nb_samp, cache=cache, order=positions)
+    def batches(rows: list[int]):
+        return iter_batches(manifest, batch_size, crop, nb_samp=nb_samp, cache=cache, order=rows)
 
     if hasattr(estimator, "session"):
         with estimator.session(model, losses) as sess:
-            for batch in batches():
-                if sess.done:
-                    record(batch, sess.score(batch))
-                else:
-                    record(batch, sess.step(batch))
+            for batch in batches(positions):
+                record(batch, sess.score(batch) if sess.done else sess.step(batch))
+            for batch in batches(rest):
+                record(batch, sess.score(batch))
             results = sess.results()
         by_loss = {r.settings["loss"]: r for r in results}
     else:  # estimators without a streaming session: estimate, then a separate scoring pass over cached audio
         by_loss = {}
         for lo in losses:
             loss_obj = as_loss(lo)
-            r = estimator.estimate(model, batches(), loss_obj)
+            r = estimator.estimate(model, batches(positions), loss_obj)
             r.settings.setdefault("loss", loss_obj.name)
             by_loss[loss_obj.name] = r
         with preserved(model):
-            for batch in batches():
+            for batch in batches(positions + rest):
                 record(batch, _plain_logits(model, batch))
+    n_b = sum(1 for i in used if labels[i] == "bonafide")
+    n_s = sum(1 for i in used if labels[i] == "spoof")
     for r in by_loss.values():
-        r.settings.update({"order": order, "crop": crop, "order_seed": seed, "batch_size": batch_size})
+        r.settings.update(
+            {
+                "order": order,
+                "class_mix": mix,
+                "crop": crop,
+                "order_seed": seed,
+                "batch_size": batch_size,
+            }
+        )
+        r.extra.update({"n_bonafide_used": n_b, "n_spoof_used": n_s, "n_rows_scored_only": len(rest)})
     scores = score_table(manifest, logits)
     return scores, (by_loss if many else next(iter(by_loss.values())))
 
@@ -172,7 +251,8 @@ def run_sharpness(
     *,
     batch_size: int = 32,
     crop: str = "first",
-    order: str = "manifest",
+    order: str = DEFAULT_ORDER,
+    class_mix: Any = DEFAULT_CLASS_MIX,
     trust_checkpoint: bool = False,
     model_cfg: dict[str, Any] | None = None,
     device: str = "cpu",
@@ -207,6 +287,7 @@ def run_sharpness(
         batch_size=batch_size,
         crop=crop,
         order=order,
+        class_mix=class_mix,
         seed=seed,
         progress=progress,
     )
@@ -234,6 +315,10 @@ def run_sharpness(
         "batch_size": int(batch_size),
         "crop": crop,
         "order": order,
+        "class_mix": parse_class_mix(class_mix),
+        "nonfinite": by_loss[losses[0]].settings.get("nonfinite"),
+        "score_type": "bonafide-logit",
+        "family": ckpt.family if hasattr(ckpt, "family") else ckpt.arch,
         "model_cfg": dict(model_cfg or {}),
         "device": str(device),
     }

@@ -146,11 +146,15 @@ class WorstCase(BatchwiseEstimator):
         def delta(u: dict) -> dict:
             return u if scale is None else {n: scale[n] * u[n] for n in u}
 
+        clean = pb.clean_loss[i]
+        best_parts = {"f": clean, "parts": dict(pb.clean_parts[i])}
+
         def evaluate(u: dict) -> tuple[float, dict]:
             f, g = pb.value_and_grad(i, delta(u))
+            if math.isfinite(f) and f > best_parts["f"]:  # the per-class split at the maximiser
+                best_parts["f"], best_parts["parts"] = f, dict(pb.last_parts[i])
             return f, (g if scale is None else {n: scale[n] * g[n] for n in g})
 
-        clean = pb.clean_loss[i]
         best = clean
         finite = True
         history: list[dict[str, Any]] = []
@@ -167,7 +171,10 @@ class WorstCase(BatchwiseEstimator):
             if f_max > best:
                 best = f_max
         value = best - clean if finite else float("nan")
-        return value, {"max_loss": best, "runs": history}
+        info: dict[str, Any] = {"max_loss": best, "runs": history}
+        if finite:
+            info["per_class"] = pb.parts_delta(best_parts["parts"], i)  # type: ignore[arg-type]
+        return value, info
 
     def _apgd(self, ball: _Ball, evaluate, u0: dict, f0: float, g0: dict):
         """One APGD run from ``u0``; returns (best loss, all losses finite, run record)."""
