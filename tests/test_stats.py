@@ -317,53 +317,7 @@ def test_estimator_seeds_are_averaged(df):
     np.testing.assert_allclose(tab["x"], ref["x"] * 2)
 
 
-# ---- granulated Kendall ------------------------------------------------------------------------------------
-
-
-def _grid_table() -> pd.DataFrame:
-    # A in {a1, a2} x B in {b1, b2, b3}; hand-worked below
-    rows = [
-        ("c1", "a1", "b1", 1, 1),
-        ("c2", "a1", "b2", 2, 3),
-        ("c3", "a1", "b3", 3, 2),
-        ("c4", "a2", "b1", 4, 6),
-        ("c5", "a2", "b2", 5, 4),
-        ("c6", "a2", "b3", 6, 5),
-    ]
-    df = pd.DataFrame(rows, columns=["checkpoint", "meta_A", "meta_B", "value", "eer"])
-    df["meta_A_code"] = df["meta_A"].map({"a1": 10, "a2": 20})  # a function of meta_A: not a hyperparameter
-    df["meta_n_params"] = [100, 100, 100, 200, 200, 200]
-    return df.assign(testset="t", in_domain=True, measure="sharp", rho=0.05, loss="ce", subset="all", seed=0)
-
-
-def test_granulated_kendall_hand_worked_example():
-    # psi_A: groups by B, pairs (a1, a2): b1 (1,1)->(4,6) +1, b2 (2,3)->(5,4) +1, b3 (3,2)->(6,5) +1 => 1
-    # psi_B: groups by A: a1 x=1,2,3 y=1,3,2 -> (+,+,-) tau=1/3; a2 x=4,5,6 y=6,4,5 -> (-,-,+) tau=-1/3 => 0
-    # Psi = (1 + 0) / 2
-    df = _grid_table()
-    out = stats.granulated_kendall(df, "sharp", "eer").set_index("hyperparam")
-    assert out.loc["meta_A", "coef"] == pytest.approx(1.0)
-    assert out.loc["meta_A", "n_groups"] == 3
-    assert out.loc["meta_B", "coef"] == pytest.approx(0.0, abs=1e-15)
-    assert out.loc["meta_B", "n_groups"] == 2
-    assert out.loc["Ψ (mean)", "coef"] == pytest.approx(0.5)
-    assert set(out.index) == {"meta_A", "meta_B", "Ψ (mean)"}  # meta_A_code and meta_n_params dropped
-    # the plain Kendall tau over all six differs: the granulated version is a different statistic
-    assert sps.kendalltau(df["value"], df["eer"]).statistic != pytest.approx(0.5)
-
-
-def test_granulated_kendall_without_usable_groups_gives_nan_note():
-    df = _grid_table().iloc[[0, 4]]  # (a1,b1) and (a2,b2): no group where only one varies
-    out = stats.granulated_kendall(df, "sharp", "eer", hyperparams=["meta_A", "meta_B"]).set_index(
-        "hyperparam"
-    )
-    assert (
-        math.isnan(out.loc["meta_A", "coef"])
-        and "no group where only meta_A varies" in out.loc["meta_A", "note"]
-    )
-    assert math.isnan(out.loc["Ψ (mean)", "coef"])
-    with pytest.raises(SharpscopeError, match="not in the table"):
-        stats.granulated_kendall(df, "sharp", hyperparams=["meta_lr"])
+# ---- granulated Kendall: tests/test_granulated_kendall.py (sign-based tau, training-config axes) ----------
 
 
 # ---- partial correlation -----------------------------------------------------------------------------------
