@@ -14,7 +14,13 @@ Convention: a higher score means *more bona fide*.  Bona fide trials are the "ta
   with Pspoof = 0.05, Cmiss = 1, Cfa = 10.  minDCF minimises over the DET points above; actDCF applies the
   Bayes threshold -ln(Cmiss (1 - Pspoof) / (Cfa Pspoof)) to the scores taken as natural-log likelihood
   ratios (miss: bona fide score < threshold; false alarm: spoof score >= threshold).
-* **Cllr** -- Brümmer's log-likelihood-ratio cost in bits, scores taken as natural-log LLRs.
+* **Cllr** -- Brümmer's log-likelihood-ratio cost in bits, scores taken as natural-log LLRs (Brümmer & du
+  Preez 2006, "Application-independent evaluation of speaker detection", Computer Speech and Language 20).
+* **Score types and calibration** -- actDCF and Cllr read scores as natural-log LLRs; a logit is not one
+  (adding a constant to both logits moves them while EER and minDCF stay put).  :func:`evaluate` records
+  the declared score type, whether the scores were calibrated (:mod:`sharpscope.calibration`), and computes
+  actDCF / Cllr on the calibrated LLRs when a calibration is given; EER, minDCF and the per-condition EERs
+  always use the raw scores, so the official EER is untouched.
 * **Bootstrap CI of the EER** -- percentile interval from resampling each class with replacement
   (stratified, so every replicate keeps the class sizes).
 
@@ -26,11 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ScoreError
+
+if TYPE_CHECKING:  # calibration imports this module; the runtime dependency points that way only
+    from .calibration import Calibration
 
 BONAFIDE = "bonafide"
 SPOOF = "spoof"
@@ -226,6 +235,8 @@ def evaluate(
     n_boot: int = 1000,
     cost: CostModel = ASVSPOOF5,
     id_col: str = "utt_id",
+    score_type: str | None = None,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """All metrics of a scored table, as stored in ``metrics.json``.
 
@@ -237,6 +248,12 @@ def evaluate(
       that condition.  A condition lacking one class keeps its counts with ``eer: null``.
 
     Columns of ``by`` absent from ``df`` (or entirely empty) are skipped.  EERs are fractions (0..1).
+
+    ``score_type`` -- what the score column holds (e.g. ``bonafide-logit``, ``log-odds``); default: the single
+    value of a ``score_type`` column when ``df`` has one, else unrecorded (``null``).  ``calibration`` -- a
+    fitted :class:`sharpscope.calibration.Calibration`: actDCF and Cllr are then computed on ``a * s + b``
+    (and the uncalibrated values are kept under ``uncalibrated``); EER, minDCF and their thresholds always use
+    the raw scores (a monotone map cannot change them; the raw scores keep the official EER bit-identical).
     """
     for col in (score_col, label_col):
         if col not in df.columns:
@@ -262,9 +279,32 @@ def evaluate(
             "trials"
         )
     bona, spoof = scores[is_bona], scores[is_spoof]
+    if score_type is None and "score_type" in df.columns:
+        declared = sorted(set(df["score_type"].astype(str)))
+        if len(declared) != 1:
+            raise ScoreError(
+                f"the score_type column holds {len(declared)} different types ({', '.join(declared)}); "
+                "metrics need one score type per table"
+            )
+        score_type = declared[0]
     eer, thr = compute_eer(bona, spoof)
     mdcf, mdcf_thr = min_dcf(bona, spoof, cost)
-    adcf, adcf_thr = act_dcf(bona, spoof, cost)
+    if calibration is None:
+        llr_bona, llr_spoof = bona, spoof
+        note = (
+            f"actDCF and Cllr read the scores ({score_type or 'type not recorded'}) as natural-log LLRs, but "
+            "they are uncalibrated: these two values depend on an arbitrary score offset/scale and are not "
+            "comparable across checkpoints (calibrate on a labelled dev set: --calibrate-on)"
+        )
+    else:
+        llr_bona, llr_spoof = calibration.apply(bona), calibration.apply(spoof)
+        check_finite(llr_bona, what="calibrated bona fide scores")
+        check_finite(llr_spoof, what="calibrated spoof scores")
+        note = (
+            f"actDCF and Cllr are computed on calibrated LLRs a*s + b of the {score_type or 'unrecorded'} "
+            "scores (a, b fitted on the dev set under 'calibration'); EER and minDCF on the raw scores"
+        )
+    adcf, adcf_thr = act_dcf(llr_bona, llr_spoof, cost)
     out: dict[str, Any] = {
         "eer": eer,
         "eer_threshold": thr,
@@ -273,12 +313,19 @@ def evaluate(
         "min_dcf_threshold": mdcf_thr,
         "act_dcf": adcf,
         "act_dcf_threshold": adcf_thr,
-        "cllr": cllr(bona, spoof),
+        "cllr": cllr(llr_bona, llr_spoof),
+        "score_type": score_type,
+        "calibrated": calibration is not None,
+        "calibration": calibration.to_dict() if calibration is not None else None,
+        "act_dcf_cllr": {"score_type": score_type, "calibrated": calibration is not None, "note": note},
         "n_bonafide": n_bona,
         "n_spoof": n_spoof,
         "cost_model": asdict(cost),
         "bootstrap": {"n": int(n_boot), "seed": int(seed), "level": 0.95, "stratified": True},
     }
+    if calibration is not None:
+        raw_adcf, raw_thr = act_dcf(bona, spoof, cost)
+        out["uncalibrated"] = {"act_dcf": raw_adcf, "act_dcf_threshold": raw_thr, "cllr": cllr(bona, spoof)}
     for col in by:
         if col not in df.columns or df[col].isna().all():
             continue

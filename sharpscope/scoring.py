@@ -9,12 +9,19 @@ Layers, lowest first:
 * :func:`run_score` / :func:`run_metrics` -- what ``sharpscope score`` and ``sharpscope metrics`` do: write
   ``scores.csv`` / ``metrics.json`` (metrics, settings, provenance) and optional official score files.
 
-Score types (logits are ordered ``[spoof, bonafide]``):
+Score types (logits are ordered ``[spoof, bonafide]``); the type is declared in ``scores.csv`` (column
+``score_type``) and ``metrics.json`` (key ``score_type``):
 
 * ``bonafide-logit`` -- the bona-fide logit, the score of the AASIST / SSL_Anti-spoofing / SAM-AntiSpoofing
-  evaluation scripts (the reference);
-* ``logit-diff`` -- bona-fide minus spoof logit, the log-odds of the softmax (a natural LLR-like score);
-* ``log-softmax`` -- log p(bona fide), monotone in ``logit-diff`` (same EER, different DCF/Cllr).
+  evaluation scripts (the reference; the official EER is computed on it);
+* ``log-odds`` (alias ``logit-diff``) -- bona-fide minus spoof logit.  For a 2-class softmax this is the log
+  posterior ratio log p(bona fide | x) / p(spoof | x), and it is invariant to a constant added to both logits,
+  which moves the bona-fide logit (and its actDCF / Cllr) arbitrarily;
+* ``log-softmax`` -- log p(bona fide), monotone in ``log-odds`` (same EER, different DCF/Cllr).
+
+None of these is a calibrated log-likelihood ratio.  actDCF and Cllr (ASVspoof 5 evaluation plan; Brümmer &
+du Preez 2006) read scores as LLRs, so ``--calibrate-on`` fits an affine logistic-regression calibration on a
+labelled dev set (:mod:`sharpscope.calibration`) and actDCF / Cllr are computed on the calibrated scores.
 """
 
 from __future__ import annotations
@@ -29,21 +36,34 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .calibration import Calibration, fit_calibration, parse_prior
 from .data.audio import CROPS, NB_SAMP, AudioCache, Batch, iter_batches
 from .errors import CheckpointError, ScoreError
 from .fileio import atomic_write_json
 from .metrics import evaluate
+from .models.outputs import forward_logits
 from .progress import progress_bar
 from .provenance import file_sha256, provenance
 from .scorefiles import FORMATS, default_filename, describe_ids, read_scores, write_scores
 
-SCORE_TYPES = ("bonafide-logit", "logit-diff", "log-softmax")
+SCORE_TYPES = ("bonafide-logit", "log-odds", "log-softmax")
+SCORE_TYPE_ALIASES = {"logit-diff": "log-odds"}  # earlier name, still accepted
 SCORE_COLUMNS = ("score", "logit_spoof", "logit_bonafide")
 
 
+def canonical_score_type(score: str) -> str:
+    """The canonical name of a score type (``logit-diff`` -> ``log-odds``); unknown names raise."""
+    name = SCORE_TYPE_ALIASES.get(str(score), str(score))
+    if name not in SCORE_TYPES:
+        raise ScoreError(
+            f"unknown score type {score!r}; use one of {', '.join(SCORE_TYPES)} "
+            f"(alias: {', '.join(f'{k} = {v}' for k, v in SCORE_TYPE_ALIASES.items())})"
+        )
+    return name
+
+
 def check_score_type(score: str) -> None:
-    if score not in SCORE_TYPES:
-        raise ScoreError(f"unknown score type {score!r}; use one of {', '.join(SCORE_TYPES)}")
+    canonical_score_type(score)
 
 
 def _check_crop(crop: str) -> None:
@@ -53,18 +73,16 @@ def _check_crop(crop: str) -> None:
 
 def scores_from_logits(logits: torch.Tensor, score: str = "bonafide-logit") -> torch.Tensor:
     """Per-utterance scores ``[B]`` from logits ``[B, 2]`` ordered ``[spoof, bonafide]``."""
-    check_score_type(score)
+    score = canonical_score_type(score)
     if score == "bonafide-logit":
         return logits[:, 1]
-    if score == "logit-diff":
+    if score == "log-odds":
         return logits[:, 1] - logits[:, 0]
     return torch.log_softmax(logits, dim=-1)[:, 1]
 
 
 def _logits_of(out: Any, n: int) -> torch.Tensor:
-    """The ``[B, 2]`` logits of a model output (a tensor, or the last element of a tuple)."""
-    if isinstance(out, (tuple, list)):
-        out = out[-1]
+    """Check that ``out`` (read by the model's declared output layout) holds ``[B, 2]`` logits."""
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape != (n, 2):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CheckpointError(
@@ -101,7 +119,7 @@ def forward_batches(
         for batch in batches:
             b = batch.to(device)
             with torch.inference_mode():
-                logits = _logits_of(model(b.wave), len(b)).float()
+                logits = _logits_of(forward_logits(model, b.wave, b.lengths), len(b)).float()
             if check_finite:
                 _check_logits(logits, b)
             yield b, logits
@@ -189,6 +207,129 @@ def _has_labels(df: pd.DataFrame) -> bool:
     return "label" in df.columns and df["label"].astype(str).isin(["bonafide", "spoof"]).any()
 
 
+# ---- declared score types and calibration dev sets ------------------------------------------------------
+
+
+def declared_score_type(table: pd.DataFrame, source: str, col: str = "score_type") -> str | None:
+    """The one score type a table declares in ``col`` (canonical name), or None when it has no such column."""
+    if col not in table.columns:
+        return None
+    names = sorted(set(table[col].astype(str)))
+    if len(names) != 1:
+        raise ScoreError(
+            f"{source}: column {col} declares {len(names)} score types ({', '.join(names[:5])}); "
+            "one file must hold one score type"
+        )
+    try:
+        return canonical_score_type(names[0])
+    except ScoreError as exc:
+        raise ScoreError(f"{source}: column {col}: {exc}") from None
+
+
+def _numeric(table: pd.DataFrame, col: str, source: str) -> np.ndarray:
+    """Column ``col`` as float64; a non-numeric cell raises naming its 1-based data row (NaN/inf pass)."""
+    if pd.api.types.is_numeric_dtype(table[col]):
+        return table[col].to_numpy(dtype=np.float64)
+    values = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=np.float64)
+    raw = table[col].astype(str).str.strip().str.lower().to_numpy()
+    bad = np.flatnonzero(np.isnan(values) & ~np.isin(raw, ["nan", "", "none"]))
+    if bad.size:
+        i = int(bad[0])
+        raise ScoreError(f"{source}: row {i + 1}: {col} {table[col].iloc[i]!r} is not a number")
+    return values
+
+
+def scores_of_type(
+    table: pd.DataFrame,
+    score_type: str,
+    source: str,
+    type_col: str = "score_type",
+    logit_cols: tuple[str, str] = ("logit_spoof", "logit_bonafide"),
+) -> np.ndarray:
+    """Scores of ``score_type`` from a score table: its ``score`` column when that holds this type (or
+    declares none), else recomputed from the table's logit columns.  Refuses a declared type that differs and
+    cannot be converted (an external toolkit's scores without logits)."""
+    want = canonical_score_type(score_type)
+    have = declared_score_type(table, source, type_col)
+    if (have is None or have == want) and "score" in table.columns:
+        return _numeric(table, "score", source)
+    if all(c in table.columns for c in logit_cols):
+        logits = np.stack([_numeric(table, c, source) for c in logit_cols], axis=1)
+        return scores_from_logits(torch.from_numpy(logits), want).numpy()
+    declared = f"declares score type {have}" if have is not None else "has no score column"
+    raise ScoreError(
+        f"{source} {declared} and has no {'/'.join(logit_cols)} columns to compute {want} scores from; "
+        f"use --score-type {have or want} or a score file with logits"
+    )
+
+
+def is_score_table(columns: Iterable[str]) -> bool:
+    """A table of scores (``score`` or both logit columns) rather than a manifest to be scored."""
+    cols = set(columns)
+    return "score" in cols or {"logit_spoof", "logit_bonafide"} <= cols
+
+
+def read_dev_scores(path: str | Path, score_type: str) -> tuple[pd.DataFrame, str | None]:
+    """A labelled dev score table (CSV/TSV/Parquet with utt_id, label and score or logits) as
+    ``(DataFrame[utt_id, label, score], declared score type or None)``; the scores are of ``score_type``."""
+    from .data.manifest import load_table
+
+    p = Path(path)
+    if not p.is_file():
+        raise ScoreError(f"calibration dev file not found: {p}")
+    table = load_table(p)
+    source = f"calibration dev scores {p}"
+    for col in ("utt_id", "label"):
+        if col not in table.columns:
+            raise ScoreError(
+                f"{source} has no {col!r} column (columns: {', '.join(map(str, table.columns))}); "
+                "calibration needs utt_id, label and score (e.g. the scores.csv of `sharpscope score` on a "
+                "labelled dev set)"
+            )
+    declared = declared_score_type(table, source)
+    scores = scores_of_type(table, score_type, source)
+    dev = pd.DataFrame(
+        {"utt_id": table["utt_id"].astype(str), "label": table["label"].astype(str), "score": scores}
+    )
+    return dev, declared
+
+
+def calibrate_on_table(
+    dev: pd.DataFrame, path: str | Path, prior: float | str, kind: str, dev_score_type: str | None
+) -> tuple[Calibration, dict[str, Any]]:
+    """Fit the calibration on a dev table (utt_id, label, score); return it and its record for metrics.json
+    (file, kind, sha256, counts and the objective before/after, in bits)."""
+    from .calibration import prior_weighted_cross_entropy
+
+    p_bona = parse_prior(prior)
+    source = f"calibration dev {kind} {path}"
+    cal = fit_calibration(
+        dev["score"].to_numpy(), dev["label"].to_numpy(), p_bona, ids=dev["utt_id"].tolist(), source=source
+    )
+    is_bona = dev["label"].to_numpy() == "bonafide"
+    raw = dev["score"].to_numpy(dtype=np.float64)
+    record = {
+        "dev": str(path),
+        "dev_kind": kind,
+        "dev_sha256": file_sha256(path),
+        "dev_rows": int(len(dev)),
+        "dev_score_type": dev_score_type,
+        "prior_requested": str(prior),
+        "dev_objective_bits_before": prior_weighted_cross_entropy(raw[is_bona], raw[~is_bona], p_bona),
+    }
+    return cal, record
+
+
+def _calibration_record(result: dict[str, Any], record: dict[str, Any], test_sha256: str) -> None:
+    """Merge the dev-set record into ``result['calibration']`` and flag calibration on the test data."""
+    result["calibration"].update(record)
+    result["calibration"]["dev_is_test"] = record["dev_sha256"] == test_sha256
+    if not result["calibration"]["converged"]:
+        result["act_dcf_cllr"]["note"] += "; WARNING: the calibration did not converge"
+    if result["calibration"]["dev_is_test"]:
+        result["act_dcf_cllr"]["note"] += "; WARNING: calibrated on the test data itself (optimistic)"
+
+
 def run_score(
     checkpoint: str | Path,
     manifest: str | Path,
@@ -204,21 +345,35 @@ def run_score(
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = True,
+    calibrate_on: str | Path | None = None,
+    calibration_prior: float | str = 0.5,
 ) -> dict[str, Any]:
     """``sharpscope score``: score a manifest with a checkpoint; write scores.csv, metrics.json [, FMT file].
 
     Metrics are computed when the manifest is labelled; a table without any bonafide/spoof label (blind
     evaluation data) yields scores only, ``eer: null`` and a note.  Returns the metrics.json content.
+
+    ``scores.csv`` declares its ``score_type``.  ``calibrate_on`` -- a labelled dev manifest (scored here
+    with the same model and settings; its scores are written to ``calibration_dev_scores.csv``) or a dev score
+    table (utt_id, label, score or logits): a logistic-regression calibration at ``calibration_prior`` (0.5,
+    ``asvspoof5`` or a number) is fitted on it, ``scores.csv`` gains an ``llr`` column, and actDCF / Cllr are
+    computed on the calibrated scores.
     """
-    from .data.manifest import read_manifest
+    from .data.manifest import load_table, read_manifest
     from .models.checkpoints import load_checkpoint
 
-    check_score_type(score)
+    score = canonical_score_type(score)
     _check_crop(crop)
     if batch_size < 1:
         raise ScoreError(f"batch size must be at least 1, got {batch_size}")
     if fmt is not None and fmt not in FORMATS:
         raise ScoreError(f"unknown score-file format {fmt!r}; use one of {', '.join(FORMATS)}")
+    prior = parse_prior(calibration_prior)
+    dev_kind = None
+    if calibrate_on is not None:
+        if not Path(calibrate_on).is_file():
+            raise ScoreError(f"calibration dev file not found: {calibrate_on}")
+        dev_kind = "scores" if is_score_table(load_table(calibrate_on).columns) else "manifest"
     model_cfg = dict(model_cfg or {})
     df = read_manifest(manifest)
     ckpt = load_checkpoint(
@@ -227,10 +382,26 @@ def run_score(
     scored = score_manifest(
         ckpt.model, df, batch_size=batch_size, crop=crop, score=score, device=device, progress=progress
     )
+    scored["score_type"] = score
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scored.to_csv(out / "scores.csv", index=False)
     files = {"scores": "scores.csv", "metrics": "metrics.json"}
+    cal: Calibration | None = None
+    if calibrate_on is not None:
+        if dev_kind == "manifest":
+            dev_scored = score_manifest(
+                ckpt.model, read_manifest(calibrate_on), batch_size=batch_size, crop=crop, score=score,
+                device=device, progress=progress,
+            )  # fmt: skip
+            dev_scored["score_type"] = score
+            dev_scored.to_csv(out / "calibration_dev_scores.csv", index=False)
+            files["calibration_dev_scores"] = "calibration_dev_scores.csv"
+            dev, dev_type = dev_scored[["utt_id", "label", "score"]], score
+        else:
+            dev, dev_type = read_dev_scores(calibrate_on, score)
+        cal, cal_record = calibrate_on_table(dev, calibrate_on, calibration_prior, str(dev_kind), dev_type)
+        scored["llr"] = cal.apply(scored["score"].to_numpy())
+    scored.to_csv(out / "scores.csv", index=False)
     if fmt is not None:
         name = default_filename(fmt)
         write_scores(scored, out / name, fmt)
@@ -243,6 +414,9 @@ def run_score(
         "manifest": str(manifest),
         "crop": crop,
         "score": score,
+        "score_type": score,
+        "calibrate_on": None if calibrate_on is None else str(calibrate_on),
+        "calibration_prior": prior if calibrate_on is not None else None,
         "batch_size": int(batch_size),
         "model_cfg": model_cfg,
         "device": str(device),
@@ -252,11 +426,22 @@ def run_score(
     }
     if _has_labels(scored):
         try:
-            result: dict[str, Any] = evaluate(scored, seed=seed, n_boot=n_boot)
+            result: dict[str, Any] = evaluate(
+                scored, seed=seed, n_boot=n_boot, score_type=score, calibration=cal
+            )
         except ScoreError as exc:
             raise ScoreError(f"scores written to {out / 'scores.csv'} but metrics failed: {exc}") from None
     else:
-        result = {"eer": None, "note": "manifest has no bonafide/spoof labels: scores only, no metrics"}
+        result = {
+            "eer": None,
+            "note": "manifest has no bonafide/spoof labels: scores only, no metrics",
+            "score_type": score,
+            "calibrated": cal is not None,
+            "calibration": cal.to_dict() if cal is not None else None,
+            "act_dcf_cllr": {"score_type": score, "calibrated": cal is not None, "note": "no metrics"},
+        }
+    if cal is not None:
+        _calibration_record(result, cal_record, file_sha256(manifest))
     result["settings"] = settings
     result["files"] = files
     result["provenance"] = provenance(
@@ -340,20 +525,51 @@ def run_metrics(
     allow_partial: bool = False,
     seed: int = 0,
     n_boot: int = 1000,
+    score_type: str | None = None,
+    calibrate_on: str | Path | None = None,
+    calibration_prior: float | str = 0.5,
 ) -> dict[str, Any]:
-    """``sharpscope metrics``: evaluate any toolkit's score file against a manifest; write metrics.json."""
+    """``sharpscope metrics``: evaluate any toolkit's score file against a manifest; write metrics.json.
+
+    ``score_type`` -- what the scores are; default: the file's ``score_type`` column (``sharpscope score``
+    writes one), else ``bonafide-logit``.  A type different from the file's is recomputed from its logit
+    columns.  ``calibrate_on`` -- a labelled dev score table (utt_id, label, score or logits, of the same
+    type) on which a logistic-regression calibration at ``calibration_prior`` is fitted; actDCF / Cllr are
+    then computed on the calibrated scores (EER and minDCF never change).
+    """
     from .data.manifest import read_manifest
 
+    prior = parse_prior(calibration_prior)
+    wanted = None if score_type is None else canonical_score_type(score_type)
+    if calibrate_on is not None and not Path(calibrate_on).is_file():
+        raise ScoreError(f"calibration dev file not found: {calibrate_on}")
     scores = read_scores(scores_path, fmt)
     df = read_manifest(manifest)
-    merged, counts = match_scores(scores, df, allow_partial=allow_partial, source=f"score file {scores_path}")
-    metrics = evaluate(merged, seed=seed, n_boot=n_boot)
+    source = f"score file {scores_path}"
+    merged, counts = match_scores(scores, df, allow_partial=allow_partial, source=source)
+    file_type = declared_score_type(merged, source, col="file_score_type")
+    declared = wanted or file_type or "bonafide-logit"
+    type_source = "option" if wanted else ("file" if file_type else "default")
+    merged["score"] = scores_of_type(
+        merged, declared, source, "file_score_type", ("file_logit_spoof", "file_logit_bonafide")
+    )
+    cal: Calibration | None = None
+    if calibrate_on is not None:
+        dev, dev_type = read_dev_scores(calibrate_on, declared)
+        cal, cal_record = calibrate_on_table(dev, calibrate_on, calibration_prior, "scores", dev_type)
+    metrics = evaluate(merged, seed=seed, n_boot=n_boot, score_type=declared, calibration=cal)
+    if cal is not None:
+        _calibration_record(metrics, cal_record, file_sha256(scores_path))
     settings = {
         "command": "metrics",
         "scores": str(scores_path),
         "format": fmt,
         "manifest": str(manifest),
         "allow_partial": bool(allow_partial),
+        "score_type": declared,
+        "score_type_source": type_source,
+        "calibrate_on": None if calibrate_on is None else str(calibrate_on),
+        "calibration_prior": prior if calibrate_on is not None else None,
         "seed": int(seed),
         "n_boot": int(n_boot),
     }

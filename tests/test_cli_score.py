@@ -204,3 +204,121 @@ def test_metrics_bad_scores_are_one_line(setup, tmp_path):
     table = setup["rows"].assign(score=1.0)
     dup = write_scores(pd.concat([table, table.iloc[:1]]), tmp_path / "d.csv", "csv")
     assert "appear more than once (first: c0)" in _one_line_error(_metrics(setup, dup, "csv", tmp_path / "o"))
+
+
+# ---- declared score types and calibration (--score-type, --calibrate-on) ----------------------------------
+
+
+def _dev_scores(setup, path, score):
+    """A labelled dev score table whose classes overlap (a tiny random model may separate 8 clips)."""
+    table = setup["rows"].assign(score=score)
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_score_declares_type_and_calibrates_on_dev(setup, tmp_path):
+    from sharpscope.calibration import PRIORS, fit_calibration
+    from sharpscope.metrics import act_dcf
+
+    plain = tmp_path / "plain"
+    assert _score(setup, plain, "--score-type", "log-odds", "--n-boot", "0").exit_code == 0
+    s0 = pd.read_csv(plain / "scores.csv")
+    m0 = json.loads((plain / "metrics.json").read_text())
+    assert set(s0["score_type"]) == {"log-odds"} and m0["score_type"] == "log-odds"
+    assert m0["calibrated"] is False and m0["calibration"] is None
+    assert "not comparable across checkpoints" in m0["act_dcf_cllr"]["note"]
+    np.testing.assert_allclose(s0["score"], s0["logit_bonafide"] - s0["logit_spoof"], rtol=1e-6, atol=1e-6)
+
+    # calibrate on a dev score table: a, b are those of the dev scores; EER / minDCF stay those of the raw run
+    dev = _dev_scores(setup, tmp_path / "dev.csv", [0.3, -0.2, 0.1, 0.5, -0.4, 0.2, 0.8, 0.0])
+    out = tmp_path / "cal"
+    res = _score(setup, out, "--score-type", "log-odds", "--n-boot", "0", "--calibrate-on", str(dev),
+                 "--calibration-prior", "asvspoof5")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    s = pd.read_csv(out / "scores.csv")
+    ref = fit_calibration(pd.read_csv(dev)["score"], setup["rows"]["label"], prior=PRIORS["asvspoof5"])
+    cal = m["calibration"]
+    assert (cal["a"], cal["b"], cal["prior"]) == (ref.a, ref.b, PRIORS["asvspoof5"])
+    assert (cal["n_bonafide"], cal["n_spoof"], cal["dev_rows"]) == (4, 4, 8)
+    assert cal["dev_sha256"] == file_sha256(dev) and cal["dev_kind"] == "scores" and not cal["dev_is_test"]
+    assert m["calibrated"] is True and m["act_dcf_cllr"] == {**m["act_dcf_cllr"], "score_type": "log-odds"}
+    for k in ("eer", "eer_threshold", "min_dcf", "per_attack"):
+        assert m[k] == m0[k], k
+    np.testing.assert_allclose(s["llr"], ref.a * s["score"] + ref.b, rtol=1e-12)
+    lab = s["label"] == "bonafide"
+    assert m["act_dcf"] == act_dcf(s.loc[lab, "llr"], s.loc[~lab, "llr"])[0]
+    assert m["uncalibrated"]["cllr"] == m0["cllr"]
+    assert m["settings"]["calibrate_on"] == str(dev)
+    assert m["settings"]["calibration_prior"] == PRIORS["asvspoof5"]
+
+
+def test_score_calibrates_on_a_dev_manifest_and_metrics_reuses_it(setup, tmp_path):
+    out = tmp_path / "cal"
+    res = _score(
+        setup, out, "--score-type", "log-odds", "--n-boot", "0", "--calibrate-on", str(setup["manifest"])
+    )
+    s = pd.read_csv(out / "scores.csv")
+    bona, spoof = s.loc[s.label == "bonafide", "score"], s.loc[s.label == "spoof", "score"]
+    if bona.min() >= spoof.max():  # the tiny model separates the 8 clips: the fit must refuse, in one line
+        assert "perfectly separated" in _one_line_error(res)
+        return
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    dev = pd.read_csv(out / "calibration_dev_scores.csv")
+    assert dev["score"].tolist() == s["score"].tolist() and m["calibration"]["dev_kind"] == "manifest"
+    assert m["calibration"]["dev_is_test"] is True and "WARNING" in m["act_dcf_cllr"]["note"]
+    # `metrics` with the same dev scores reproduces the calibration and the numbers
+    res2 = _metrics(setup, out / "scores.csv", "csv", tmp_path / "m", "--n-boot", "0",
+                    "--calibrate-on", str(out / "calibration_dev_scores.csv"))  # fmt: skip
+    assert res2.exit_code == 0, res2.output
+    m2 = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m2["settings"]["score_type"] == "log-odds" and m2["settings"]["score_type_source"] == "file"
+    for k in ("eer", "min_dcf", "act_dcf", "cllr"):
+        assert m2[k] == m[k], k
+    assert (m2["calibration"]["a"], m2["calibration"]["b"]) == (m["calibration"]["a"], m["calibration"]["b"])
+
+
+def test_metrics_score_type_recomputes_from_logits_or_refuses(setup, tmp_path):
+    out = tmp_path / "run"
+    assert _score(setup, out, "--score-type", "log-odds", "--n-boot", "0").exit_code == 0
+    s = pd.read_csv(out / "scores.csv")
+    res = _metrics(setup, out / "scores.csv", "csv", tmp_path / "m", "--score-type", "bonafide-logit")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    ref = evaluate(s.assign(score=s["logit_bonafide"]).drop(columns="score_type"), n_boot=20)
+    assert m["eer"] == ref["eer"] and m["cllr"] == ref["cllr"] and m["score_type"] == "bonafide-logit"
+    assert m["settings"]["score_type_source"] == "option"
+    # without logits a declared type cannot be converted
+    bare = s[["utt_id", "score", "score_type"]]
+    bare.to_csv(tmp_path / "bare.csv", index=False)
+    line = _one_line_error(_metrics(setup, tmp_path / "bare.csv", "csv", tmp_path / "m", "--score-type",
+                                    "bonafide-logit"))  # fmt: skip
+    assert "declares score type log-odds" in line and "bare.csv" in line
+    # an external file without a declared type: bonafide-logit by default, and said so
+    write_scores(s.assign(score=s["logit_bonafide"]), tmp_path / "ext.txt", "asvspoof2021")
+    assert _metrics(setup, tmp_path / "ext.txt", "asvspoof2021", tmp_path / "e").exit_code == 0
+    me = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert me["score_type"] == "bonafide-logit" and me["settings"]["score_type_source"] == "default"
+    assert me["eer"] == m["eer"]
+
+
+def test_calibration_dev_errors_are_one_line(setup, tmp_path):
+    one_class = setup["rows"][setup["rows"].label == "bonafide"].assign(score=[0.1, 0.2, 0.3, 0.4])
+    one_class.to_csv(tmp_path / "one.csv", index=False)
+    table = write_scores(setup["rows"].assign(score=np.arange(8.0)), tmp_path / "t.csv", "csv")
+    line = _one_line_error(
+        _metrics(setup, table, "csv", tmp_path / "o", "--calibrate-on", str(tmp_path / "one.csv"))
+    )
+    assert "one.csv" in line and "no spoof trials" in line
+    bad = _dev_scores(setup, tmp_path / "nan.csv", [0.3, -0.2, 0.1, np.nan, -0.4, 0.2, 0.8, 0.0])
+    line = _one_line_error(_metrics(setup, table, "csv", tmp_path / "o", "--calibrate-on", str(bad)))
+    assert "nan.csv" in line and "row 4 (utt_id c3)" in line
+    line = _one_line_error(
+        _metrics(setup, table, "csv", tmp_path / "o", "--calibrate-on", str(tmp_path / "no.csv"))
+    )
+    assert "calibration dev file not found" in line
+    line = _one_line_error(_metrics(setup, table, "csv", tmp_path / "o", "--calibration-prior", "2"))
+    assert "calibration prior '2'" in line
+    assert "unknown score type 'llr'" in _one_line_error(_metrics(setup, table, "csv", tmp_path / "o",
+                                                                     "--score-type", "llr"))  # fmt: skip

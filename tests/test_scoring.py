@@ -123,13 +123,22 @@ def test_collect_sees_every_batch_and_train_flag_is_restored(corpus):
         np.testing.assert_allclose(lg[:, 1].numpy(), by_id.loc[ids, "logit_bonafide"].to_numpy(), rtol=1e-6)
 
 
-def test_forward_batches_accepts_tuple_outputs_and_checks_shape(corpus):
+def test_forward_batches_reads_tuple_outputs_by_declared_layout_and_checks_shape(corpus):
     class TupleModel(nn.Module):
+        output_layout = "official-aasist"  # (hidden, logits), as the official AASIST code returns
+
         def forward(self, x):
             return x[:, :3], torch.stack([x[:, 0], x[:, 1]], dim=1)
 
     got = list(forward_batches(TupleModel(), iter_batches(corpus, batch_size=3, crop="first")))
     assert [lg.shape for _, lg in got] == [(3, 2), (3, 2)]
+
+    class Undeclared(nn.Module):
+        def forward(self, x):
+            return x[:, :3], torch.stack([x[:, 0], x[:, 1]], dim=1)
+
+    with pytest.raises(CheckpointError, match="declares no output layout"):
+        list(forward_batches(Undeclared(), iter_batches(corpus, batch_size=3, crop="first")))
 
     class WrongModel(nn.Module):
         def forward(self, x):

@@ -66,7 +66,9 @@ def parse_class_mix(value: Any) -> str | float:
     return p
 
 
-def class_mix_rows(labels: Sequence[Any], class_mix: Any = "dataset", seed: int = 0) -> list[int]:
+def class_mix_rows(
+    labels: Sequence[Any], class_mix: Any = "dataset", seed: int = 0, keys: Sequence[Any] | None = None
+) -> list[int]:
     """Row positions (sorted) of the utterances the estimate uses under ``class_mix`` (module docstring).
 
     ``equal`` keeps ``min(n_bonafide, n_spoof)`` of each class; a share ``P`` keeps every utterance of the
@@ -74,10 +76,11 @@ def class_mix_rows(labels: Sequence[Any], class_mix: Any = "dataset", seed: int 
     kept only under ``dataset``.
     """
     mix = parse_class_mix(class_mix)
-    lab = np.asarray([str(v) for v in labels])
     if mix == "dataset":
-        return list(range(len(lab)))
-    bona, spoof = np.flatnonzero(lab == "bonafide"), np.flatnonzero(lab == "spoof")
+        return list(range(len(labels)))
+    canon = _canonical(len(labels), keys)
+    lab = np.asarray([str(labels[i]) for i in canon])
+    bona, spoof = canon[lab == "bonafide"], canon[lab == "spoof"]
     if len(bona) == 0 or len(spoof) == 0:
         raise SharpscopeError(
             f"class mix {class_mix!r} needs both classes; the set has {len(bona)} bona fide and "
@@ -97,21 +100,35 @@ def class_mix_rows(labels: Sequence[Any], class_mix: Any = "dataset", seed: int 
     return sorted(int(i) for i in keep)
 
 
-def batch_order(labels: Sequence[Any], order: str = DEFAULT_ORDER, seed: int = 0) -> list[int]:
-    """Row positions in the order they are batched (see the module docstring)."""
+def _canonical(n: int, keys: Sequence[Any] | None) -> np.ndarray:
+    """Row positions sorted by ``keys`` (utterance ids): the seeded draws then depend on the *set* of
+    utterances, not on how the manifest happens to be sorted."""
+    if keys is None:
+        return np.arange(n)
+    return np.asarray(sorted(range(n), key=lambda i: str(keys[i])), dtype=int)
+
+
+def batch_order(
+    labels: Sequence[Any], order: str = DEFAULT_ORDER, seed: int = 0, keys: Sequence[Any] | None = None
+) -> list[int]:
+    """Row positions in the order they are batched (see the module docstring).
+
+    ``keys`` (utterance ids) make ``shuffled`` and ``balanced`` invariant to a permutation of the manifest.
+    """
     n = len(labels)
     if order == "manifest":
         return list(range(n))
     rng = np.random.default_rng(seed)
+    canon = _canonical(n, keys)
     if order == "shuffled":
-        return rng.permutation(n).tolist()
+        return canon[rng.permutation(n)].tolist()
     if order == "balanced":
-        lab = np.asarray([str(v) for v in labels])
-        keys = np.empty(n, dtype=float)
+        lab = np.asarray([str(labels[i]) for i in canon])
+        keys_ = np.empty(n, dtype=float)
         for c in np.unique(lab):
             idx = rng.permutation(np.flatnonzero(lab == c))
-            keys[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
-        return np.argsort(keys, kind="stable").tolist()
+            keys_[idx] = (np.arange(len(idx)) + 0.5) / len(idx)
+        return canon[np.argsort(keys_, kind="stable")].tolist()
     raise SharpscopeError(f"unknown batch order {order!r}; use one of {', '.join(ORDERS)}")
 
 
@@ -170,8 +187,9 @@ def score_and_sharpness(
     losses = list(loss) if many else [loss]
     cache = cache if cache is not None else AudioCache()
     labels = manifest["label"].astype(str).tolist()
-    used = class_mix_rows(labels, mix, seed)
-    positions = [used[k] for k in batch_order([labels[i] for i in used], order, seed)]
+    ids = manifest["utt_id"].astype(str).tolist()
+    used = class_mix_rows(labels, mix, seed, keys=ids)
+    positions = [used[k] for k in batch_order([labels[i] for i in used], order, seed, [ids[i] for i in used])]
     rest = sorted(set(range(len(manifest))) - set(used))
     n_total = len(manifest)
     logits: dict[int, np.ndarray] = {}

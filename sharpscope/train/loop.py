@@ -44,6 +44,7 @@ from torch import nn
 
 from ..errors import ManifestError, SpecError
 from ..fileio import atomic_write, atomic_write_text, json_default
+from ..models.outputs import logits_of
 from ..progress import progress_bar
 from ..provenance import config_hash, provenance
 from .augment import augment
@@ -118,7 +119,8 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _logits(out: Any) -> torch.Tensor:
-    return out[-1] if isinstance(out, (tuple, list)) else out
+    """Training builds sharpscope models, which return logits (tuples are never guessed at)."""
+    return logits_of(out)
 
 
 # ---- data --------------------------------------------------------------------------------------------------
@@ -188,14 +190,14 @@ class _TrainData:
 
 def build_train_model(cfg: TrainConfig) -> nn.Module:
     """The model of ``cfg`` with its fine-tuning mode applied (seed ``torch`` first: reproducible init)."""
-    from ..models.registry import build_model
+    from ..models.checkpoints import build_checked
 
     model_cfg = dict(cfg.model)
     if cfg.finetune == "frozen":
         if model_cfg.get("freeze_ssl") is False:
             raise SpecError("finetune: frozen contradicts model.freeze_ssl: false; remove model.freeze_ssl")
         model_cfg["freeze_ssl"] = True
-    model = build_model(cfg.arch, **model_cfg)
+    model = build_checked(cfg.arch, model_cfg, "model")
     if cfg.finetune == "lora":
         from ..models.lora import add_lora
 
@@ -441,6 +443,13 @@ def train(
 
     # data
     train_df = _read(cfg.data.train, cfg.data.root, "training")
+    classes = set(train_df["label"].astype(str))
+    if classes != set(LABELS):
+        only = ", ".join(sorted(classes))
+        raise ManifestError(
+            f"training manifest {cfg.data.train} holds only {only} rows ({len(train_df)}); a countermeasure "
+            "needs both bonafide and spoof rows to learn from"
+        )
     dev_df = _read(cfg.data.dev, cfg.data.root, "dev") if cfg.data.dev else None
     if dev_df is not None and set(dev_df["label"].astype(str)) != set(LABELS):
         raise ManifestError(
