@@ -461,6 +461,11 @@ def paired_table(
     if meta_cols:
         meta = base.groupby("checkpoint")[meta_cols].first()
         tab = tab.join(meta, on="checkpoint")
+    fam_col = "family" if "family" in base.columns else ("arch" if "arch" in base.columns else None)
+    if fam_col is not None:
+        tab["family"] = tab["checkpoint"].map(base.groupby("checkpoint")[fam_col].first().astype(str))
+    else:
+        tab["family"] = "unknown"
     bad = tab["x"].isna() | tab["y"].isna()
     dropped = {str(k): int(v) for k, v in tab[bad].groupby("testset").size().items()}
     if bad.any():
@@ -549,8 +554,15 @@ def correlate(
     seed: int = 0,
     level: float = 0.95,
     dropna: bool = False,
+    pool_families: bool = False,
 ) -> pd.DataFrame:
-    """Correlation table: one row per (x, y, testset, method) with coef, p, p_method, bootstrap CI, Holm, BH.
+    """Correlation table: one row per (x, y, family, testset, method) with coef, p, p_method, bootstrap CI,
+    Holm, BH.
+
+    Checkpoints of different architecture families (the ``family`` column; ``arch`` for older tables) are
+    correlated separately: sharpness scales differ between families, so one checkpoint of another family
+    can decide the sign of a pooled coefficient.  ``pool_families=True`` pools them, and the ``family``
+    column then says ``pooled: a + b``.
 
     ``by``: ``"testset"`` (each test set), ``"pooled"`` (all pairs; rows of one checkpoint are not
     independent, so p-values there are optimistic — the note says so), ``"domain"`` (in-domain vs pooled
@@ -562,8 +574,14 @@ def correlate(
         if m not in METHODS:
             raise SharpscopeError(f"unknown correlation method {m!r}; choose from {', '.join(METHODS)}")
     tab, sel = paired_table(df, x, y, rho=rho, loss=loss, subset=subset, x_testset=x_testset, dropna=dropna)
+    families = sorted(tab["family"].astype(str).unique())
+    if pool_families or len(families) <= 1:
+        label = families[0] if len(families) == 1 else "pooled: " + " + ".join(families)
+        fam_tabs = [(label, tab)]
+    else:
+        fam_tabs = [(f, tab[tab["family"].astype(str) == f]) for f in families]
     rows = []
-    for scope, name, g in _groups(tab, scopes, sel.order):
+    for family, scope, name, g in ((f, *grp) for f, ft in fam_tabs for grp in _groups(ft, scopes, sel.order)):
         xv, yv = g["x"].to_numpy(float), g["y"].to_numpy(float)
         n_ck = g["checkpoint"].nunique()
         repeated = len(g) > n_ck
@@ -596,10 +614,13 @@ def correlate(
                 )
             if n_dropped:
                 notes.append(f"{n_dropped} NaN pair(s) excluded")
+            if family.startswith("pooled: "):
+                notes.append("architecture families pooled: sharpness scales differ between them")
             rows.append(
                 {
                     "x": x,
                     "y": y,
+                    "family": family,
                     "testset": name,
                     "scope": scope,
                     "method": m,
@@ -621,10 +642,11 @@ def correlate(
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out = _adjust(out, ["x", "y", "method", "scope"])
+    out = _adjust(out, ["x", "y", "method", "scope", "family"])
     first = [
         "x",
         "y",
+        "family",
         "testset",
         "scope",
         "method",

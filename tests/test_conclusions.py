@@ -122,7 +122,9 @@ def test_every_score_is_the_same_alone_and_in_any_batch(tmp_path, crop):
     alone = score_manifest(model, df, batch_size=1, crop=crop, nb_samp=NB, progress=False)
     together = score_manifest(model, df, batch_size=6, crop=crop, nb_samp=NB, progress=False)
     np.testing.assert_allclose(together["score"], alone["score"], rtol=0, atol=1e-6)
-    shared, _ = score_and_sharpness(model, df, MSharpness(), "weighted-ce", batch_size=4, crop=crop, nb_samp=NB)
+    shared, _ = score_and_sharpness(
+        model, df, MSharpness(), "weighted-ce", batch_size=4, crop=crop, nb_samp=NB
+    )
     np.testing.assert_allclose(shared["score"], alone["score"], rtol=0, atol=1e-6)
     if crop == "full":  # the independent reference: each clip through the model on its own, unpadded
         for i, n in enumerate(lengths):
@@ -289,3 +291,66 @@ def test_official_and_sam_antispoofing_outputs_are_both_read_correctly():
         a = MSharpness(rho=0.1).estimate(model, [batch], "ce")
         b = MSharpness(rho=0.1).estimate(model.lin, [batch], "ce")
         assert a.value == pytest.approx(b.value, rel=1e-6)
+
+
+# ---- families and the confound panel ----------------------------------------------------------------------
+
+
+def _results(n_per_family: int = 5) -> pd.DataFrame:
+    rows = []
+    rng = np.random.default_rng(0)
+    for fam, scale in (("aasist", 1.0), ("ssl-linear+lora", 50.0)):
+        for k in range(n_per_family):
+            for testset in ("in", "out"):
+                eer = 0.05 * k + (0.1 if testset == "out" else 0.0)
+                rows.append(
+                    {
+                        "checkpoint": f"{fam}-{k}", "arch": fam.split("+")[0], "family": fam,
+                        "testset": testset, "in_domain": testset == "in", "subset": "",
+                        "measure": "m-sharpness", "rho": 0.05, "loss": "weighted-ce", "seed": 0,
+                        # within a family sharpness rises with EER; the other family sits at another scale
+                        "value": scale * (1.0 - 0.1 * k) + 0.001 * rng.normal(), "eer": eer,
+                        "order": "balanced", "class_mix": "dataset", "crop": "first",
+                        "score_type": "bonafide-logit", "nonfinite": "error", "n_nonfinite": 0,
+                        "n_utts": 40, "batch_size": 8,
+                    }
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_correlations_are_within_one_family_unless_pooled():
+    from scipy import stats as sps
+
+    from sharpscope.stats import correlate
+
+    df = _results()
+    out = correlate(df, "m-sharpness", "eer", methods=["spearman"], n_boot=0)
+    assert set(out["family"]) == {"aasist", "ssl-linear+lora"}
+    for fam, g in df[df["testset"] == "out"].groupby("family"):
+        ref = sps.spearmanr(g["value"], g["eer"]).statistic
+        got = out[(out["family"] == fam) & (out["testset"] == "out")]["coef"].item()
+        assert got == pytest.approx(ref)
+    pooled = correlate(df, "m-sharpness", "eer", methods=["spearman"], n_boot=0, pool_families=True)
+    assert set(pooled["family"]) == {"pooled: aasist + ssl-linear+lora"}
+    g = df[df["testset"] == "out"]
+    assert pooled[pooled["testset"] == "out"]["coef"].item() == pytest.approx(
+        sps.spearmanr(g["value"], g["eer"]).statistic
+    )
+    assert "families pooled" in pooled["note"].iloc[0]
+
+
+def test_confound_panel_flags_cells_that_differ_and_nonfinite_cells():
+    from sharpscope.confounds import confound_panel, confound_warnings
+
+    df = _results()
+    assert [w for w in confound_warnings(df, "m-sharpness") if "family" not in w] == []
+    df.loc[df.index[:3], "order"] = "manifest"
+    df.loc[df.index[5], ["n_nonfinite", "nonfinite"]] = [2, "drop"]
+    warnings = confound_warnings(df, "m-sharpness")
+    assert any("differ in order: balanced (17 cells), manifest (3 cells)" in w for w in warnings)
+    assert any("differ in nonfinite" in w for w in warnings)
+    assert any("1 cell(s) with non-finite batches (2 batches; policy drop)" in w for w in warnings)
+    panel = confound_panel(df, "m-sharpness")
+    assert set(panel["testset"]) == {"in", "out"}
+    assert int(panel["n_nonfinite"].sum()) == 2 and int(panel["cells_nonfinite"].sum()) == 1
+    assert panel.loc[panel["testset"] == "in", "order"].item() == "balanced, manifest"

@@ -54,3 +54,12 @@ def build_model(arch: str, **cfg: Any) -> nn.Module:
     except KeyError:
         raise CheckpointError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}") from None
     return builder(**cfg)
+
+
+def family_of(arch: str, model: nn.Module | None = None) -> str:
+    """The architecture family a result belongs to: the registered architecture, ``+lora`` when the model
+    carries LoRA adapters.  Sharpness scales differ between families (parameter count and
+    parameterisation), so correlations are computed within one family unless pooling is asked for."""
+    if model is not None and any("lora_" in name for name, _ in model.named_parameters()):
+        return f"{arch}+lora"
+    return arch

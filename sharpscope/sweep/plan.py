@@ -142,6 +142,12 @@ def evalsets(study: Study) -> tuple[list[EvalSet], dict[str, list[SubsetStep]]]:
     return out, resolved
 
 
+def controls(scoring: dict[str, Any], measure: dict[str, Any]) -> dict[str, Any]:
+    from .runner import controls as resolve
+
+    return resolve(scoring, measure)
+
+
 def plan(study: Study) -> tuple[list[Cell], dict[str, list[SubsetStep]]]:
     """All cells of a study, evaluation-set-major."""
     sets, resolved = evalsets(study)
@@ -159,6 +165,7 @@ def plan(study: Study) -> tuple[list[Cell], dict[str, list[SubsetStep]]]:
                 "subset": ev.subset,
                 "ids_hash": ev.ids_hash,
                 "scoring": study.scoring,
+                "controls": [controls(study.scoring, m.settings) for m in study.measures],
                 "measures": [m.key for m in study.measures],
                 "seeds": study.seeds,
             }

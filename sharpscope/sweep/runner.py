@@ -24,8 +24,24 @@ import pandas as pd
 import torch
 
 from ..data.audio import AudioCache
+from ..models.registry import family_of
 from ..provenance import config_hash, package_versions, provenance
 from .plan import Cell, load_manifest_cached
+
+CONTROL_KEYS = ("order", "class_mix", "nonfinite")
+
+
+def controls(scoring: dict[str, Any], measure: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The batch-composition and non-finite controls of a measure: its own value, else the study's
+    ``scoring:`` value, else the default (``balanced`` order, ``dataset`` class mix, ``error``).  Part of
+    every cell's key, so results computed under other controls are never reused."""
+    from ..sharpness.runner import DEFAULT_CLASS_MIX, DEFAULT_ORDER, parse_class_mix
+
+    m = measure or {}
+    defaults = {"order": DEFAULT_ORDER, "class_mix": DEFAULT_CLASS_MIX, "nonfinite": "error"}
+    out = {k: m.get(k, scoring.get(k, d)) for k, d in defaults.items()}
+    out["class_mix"] = parse_class_mix(out["class_mix"])
+    return out
 
 _AUDIO_CACHE = AudioCache()
 _CACHED_MANIFEST: list[str] = [""]  # manifest whose audio the cache holds (cells come test-set-major)
@@ -101,7 +117,7 @@ def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False)
 def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[str, Any]]:
     from ..metrics import evaluate
     from ..scoring import score_manifest
-    from ..sharpness.registry import make_estimator
+    from ..sharpness.registry import make_estimator, measure_settings
     from ..sharpness.runner import score_and_sharpness
 
     t0 = time.perf_counter()
@@ -124,7 +140,10 @@ def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[
     scores: pd.DataFrame | None = None
     for specs in groups.values():
         m0 = specs[0]
-        settings = {k: v for k, v in m0.settings.items() if k != "order"}
+        ctl = controls(sc, m0.settings)
+        settings = {k: v for k, v in m0.settings.items() if k not in CONTROL_KEYS}
+        if "nonfinite" in measure_settings(m0.name):
+            settings["nonfinite"] = ctl["nonfinite"]
         for seed in cell.seeds:
             est = make_estimator(m0.name, seed=seed, **settings)
             got_scores, by_loss = score_and_sharpness(
@@ -132,7 +151,8 @@ def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[
                 df,
                 est,
                 [m.loss for m in specs],
-                order=str(m0.settings.get("order", "manifest")),
+                order=ctl["order"],
+                class_mix=ctl["class_mix"],
                 seed=seed,
                 **common,
             )
@@ -157,6 +177,11 @@ def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[
     wall = time.perf_counter() - t0
 
     base = _base_row(cell, loaded, metrics, wall, num_threads)
+    # -- label-free per-cell summaries for `sharpscope select` (lf_entropy, lf_confidence, lf_score_q*) --
+    from ..select import label_free_summaries
+
+    base.update(label_free_summaries(scores["logit_spoof"].to_numpy(), scores["logit_bonafide"].to_numpy()))
+    # -- end label-free summaries --
     rows: list[dict[str, Any]] = []
     if not results:
         rows.append(
@@ -186,6 +211,14 @@ def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[
             "n_utts": res.n_utts,
             "n_batches": res.n_batches,
             "n_nonfinite": res.n_nonfinite,
+            "n_capped": res.extra.get("n_capped", 0),
+            "order": res.settings.get("order"),
+            "class_mix": str(res.settings.get("class_mix", "")),
+            "nonfinite": res.settings.get("nonfinite"),
+            "n_bonafide_used": res.extra.get("n_bonafide_used"),
+            "n_spoof_used": res.extra.get("n_spoof_used"),
+            "value_bonafide": _nan_to_none((res.extra.get("per_class") or {}).get("bonafide")),
+            "value_spoof": _nan_to_none((res.extra.get("per_class") or {}).get("spoof")),
             "cost_forward": res.cost.get("forward", 0),
             "cost_backward": res.cost.get("backward", 0),
             "cost_hvp": res.cost.get("hvp", 0),
@@ -204,6 +237,7 @@ def _base_row(cell: Cell, loaded: Any, metrics: dict[str, Any], wall: float, num
         "checkpoint": cell.checkpoint.name,
         "checkpoint_path": cell.checkpoint.path,
         "arch": cell.checkpoint.arch,
+        "family": family_of(cell.checkpoint.arch, loaded.model),
         "testset": ev.testset,
         "in_domain": ev.in_domain,
         "subset": ev.subset,
