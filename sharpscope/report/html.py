@@ -41,6 +41,7 @@ figure{margin:1rem 0 2rem}figure img{max-width:100%;height:auto;border:1px solid
 figcaption{font-size:.85rem;color:#555}
 pre{background:#f5f5f7;padding:.8rem;overflow-x:auto;font-size:.8rem}
 .note{color:#8a5a00}.muted{color:#777;font-size:.85rem}
+.warn{background:#fff4e0;border-left:4px solid #e0a030;padding:.4rem .8rem}
 """
 
 
@@ -212,9 +213,11 @@ def analyse(
             continue
         corr.append(c)
         if has_meta:
-            gran.append(
-                attempt(label, "granulated Kendall", stats.granulated_kendall, rows, key[0], y, dropna=True)
-            )
+            try:
+                gran.append(stats.granulated_kendall(rows, key[0], y, dropna=True).assign(measure=label))
+            except stats.NoHyperparameterAxesError as exc:  # a zoo without axes: a note, the report goes on
+                if str(exc) not in problems:
+                    problems.append(str(exc))
         if ctrl:
             part.append(
                 attempt(
@@ -411,11 +414,38 @@ def build_report(
         t.to_csv(out / "tables" / f"{name}.csv", index=False)
 
     sections = _sections(df, tables, figs, problems, spec, source, source_sha, y)
+    _add_selection_section(sections, df, out, n_boot=n_boot, seed=seed, vector=vector)
     index = out / "index.html"
     index.write_text(_render_html(title, sections), encoding="utf-8")
     (out / "report.md").write_text(_render_md(title, sections), encoding="utf-8")
     (out / "tables.tex").write_text(_render_tex(tables), encoding="utf-8")
     return index
+
+
+def _confound_section(df: pd.DataFrame) -> _Section:
+    """Controls of every measure's cells (order, class mix, crop, score type, non-finite policy and counts,
+    family), with a warning wherever compared cells differ (:mod:`sharpscope.confounds`)."""
+    from ..confounds import confound_panel, confound_warnings
+
+    s = _Section("confounds", "Controls and confounds")
+    measures = [m for m in dict.fromkeys(df["measure"].astype(str)) if m != "none"] if "measure" in df else []
+    warnings: list[str] = []
+    for m in measures or [None]:
+        panel = confound_panel(df, m)
+        if len(panel):
+            title = html.escape(m or "all cells")
+            s.html.append(f"<h3>{title}</h3>" + _html_table(panel))
+            s.md.append(f"### {m or 'all cells'}\n\n" + to_markdown(panel))
+        warnings += confound_warnings(df, m)
+    if warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        s.html.insert(0, f'<div class="warn"><b>Compared cells differ:</b><ul>{items}</ul></div>')
+        s.md.insert(0, "**Compared cells differ:**\n\n" + "".join(f"- {w}\n" for w in warnings) + "\n")
+    else:
+        same = "Every compared cell was measured under the same controls; no non-finite batch."
+        s.html.insert(0, f"<p>{same}</p>")
+        s.md.insert(0, same + "\n")
+    return s
 
 
 def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_Section]:
@@ -438,6 +468,7 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
         s.html.append("<h3>EER per checkpoint</h3>" + _html_table(tables["eer"]))
         s.md.append("### EER per checkpoint\n\n" + to_markdown(tables["eer"]))
     secs.append(s)
+    secs.append(_confound_section(df))
     # correlations
     if "correlations" in tables:
         s = _Section("correlations", f"Correlation with {y.upper() if y == 'eer' else y}")
@@ -521,6 +552,74 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
     s.md.append(to_markdown(prov))
     secs.append(s)
     return secs
+
+
+def _add_selection_section(
+    sections: list[_Section], df: pd.DataFrame, out: Path, *, n_boot: int, seed: int, vector: list[str]
+) -> None:
+    """The "Checkpoint selection" section (issue 14): regret per label-free criterion and held-out domain
+    (leave-one-domain-out over the out-of-domain test sets), oracle and random as reference lines; inserted
+    before the figures.  A table it cannot be computed from gets one line saying why."""
+    from .. import select as sel
+
+    s = _Section("selection", "Checkpoint selection")
+    res, why = None, "no labelled out-of-domain test set to score on"
+    try:
+        res = sel.leave_one_domain_out(df, n_boot=n_boot, seed=seed)
+    except SharpscopeError as exc:
+        why = str(exc)
+    label_free = ("sharpness", "prediction", "shift")
+    if res is not None and not res.lodo.empty and not res.lodo["kind"].isin(label_free).any():
+        res, why = None, (
+            "no label-free criterion on the target test sets (needs the lf_* columns of a current sweep or "
+            "sharpness rows with loss kl-to-clean)"
+        )
+    if res is None or res.lodo.empty:
+        s.html.append(f'<p class="note">Not available for this table: {html.escape(why)}</p>')
+        s.md.append(f"Not available for this table: {why}\n")
+    else:
+        ks = res.settings["ks"]
+        expl = (
+            "Which checkpoint would each label-free criterion ship on a new domain, and what would it cost? "
+            "Each out-of-domain test set is held out in turn; regret = EER of the chosen checkpoint − best "
+            "EER, in percentage points (oracle: 0; random: expected regret of a uniform choice); hit@k: a "
+            "best checkpoint among the top k; Spearman/Kendall of the criterion (as predicted badness) with "
+            f"EER.  CIs: percentile bootstrap over checkpoints ({res.settings['n_boot']} resamples, seed "
+            f"{seed}).  The combined criterion's weights are fit on the other domains, never on the held-out "
+            "one."
+        )
+        wide = sel.regret_by_domain(res.lodo)
+        summ = sel.compact_scores(res.lodo_summary, ks)
+        res.lodo.to_csv(out / "tables" / "selection_lodo.csv", index=False)
+        res.lodo_summary.to_csv(out / "tables" / "selection_summary.csv", index=False)
+        s.html.append(f'<p class="muted">{html.escape(expl)}</p>')
+        s.md.append(expl + "\n")
+        s.html.append("<h3>Regret per criterion and held-out domain (EER pp)</h3>" + _html_table(wide))
+        s.md.append("### Regret per criterion and held-out domain (EER pp)\n\n" + to_markdown(wide))
+        s.html.append("<h3>Mean over held-out domains</h3>" + _html_table(summ))
+        s.md.append("### Mean over held-out domains\n\n" + to_markdown(summ))
+        try:
+            fig = plots.selection_regret(res.lodo)
+        except SharpscopeError as exc:
+            res.notes.append(f"figure selection_regret: {exc}")
+        else:
+            png = _png(fig)
+            (out / "figures" / "selection_regret.png").write_bytes(png)
+            if vector:
+                save_figure(fig, out / "figures" / "selection_regret", vector)
+            cap = "Regret per criterion and held-out domain; solid: oracle, dashed: random."
+            b64 = base64.b64encode(png).decode()
+            s.html.append(
+                f'<figure id="fig-selection_regret"><img src="data:image/png;base64,{b64}" '
+                f'alt="{html.escape(cap)}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+            )
+            s.md.append(f"![{cap}](figures/selection_regret.png)\n")
+        if res.notes:
+            items = "".join(f'<li class="note">{html.escape(n)}</li>' for n in res.notes)
+            s.html.append(f"<ul>{items}</ul>")
+            s.md.extend(f"- {n}" for n in res.notes)
+    at = next((i for i, x in enumerate(sections) if x.key == "figures"), len(sections))
+    sections.insert(at, s)
 
 
 def _render_html(title: str, sections: list[_Section]) -> str:

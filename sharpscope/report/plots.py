@@ -598,3 +598,55 @@ PLOTS = {
     "eer-by-method": eer_by_method,
 }
 """Plot kinds by name (used by figure specs)."""
+
+
+# ---- checkpoint selection (sharpscope select) --------------------------------------------------------------
+
+
+def selection_regret(lodo: pd.DataFrame, ax: Axes | None = None, **style) -> Figure:
+    """Regret (EER percentage points) of each label-free criterion per held-out domain, bars with bootstrap
+    CI whiskers, from the per-domain table of :func:`sharpscope.select.select` (``lodo``); reference lines:
+    the oracle (regret 0, solid) and a uniform random choice (its expected regret, dashed)."""
+    _check_style(style)
+    need = ("family", "domain", "criterion", "regret_pp", "regret_pp_lo", "regret_pp_hi")
+    missing = [c for c in need if c not in lodo.columns]
+    if lodo.empty or missing:
+        raise SharpscopeError(
+            f"selection_regret: no per-domain selection scores (missing {missing or 'rows'})"
+        )
+    panels = list(dict.fromkeys(zip(lodo["family"].astype(str), lodo["domain"].astype(str), strict=True)))
+    crits = [c for c in dict.fromkeys(lodo["criterion"].astype(str)) if c not in ("oracle", "random")]
+    colors = _colors(lodo.get("kind", pd.Series(crits)).astype(str), style.get("palette"))
+    with _rc(style):
+        fig, axes = _figure(ax, len(panels), style, panel_size=(3.4, 0.45 + 0.28 * max(1, len(crits))))
+        for a, (fam, dom) in zip(axes, panels, strict=True):
+            g = lodo[(lodo["family"].astype(str) == fam) & (lodo["domain"].astype(str) == dom)]
+            g = g.set_index(g["criterion"].astype(str))
+            ys = np.arange(len(crits))
+            vals = g.reindex(crits)
+            v = vals["regret_pp"].to_numpy(float)
+            err = np.vstack(
+                [
+                    np.clip(v - vals["regret_pp_lo"].to_numpy(float), 0, None),
+                    np.clip(vals["regret_pp_hi"].to_numpy(float) - v, 0, None),
+                ]
+            )
+            kinds = vals["kind"].astype(str) if "kind" in vals.columns else pd.Series(crits, index=crits)
+            a.barh(
+                ys,
+                np.nan_to_num(v),
+                xerr=np.nan_to_num(err),
+                color=[colors.get(k, "grey") for k in kinds],
+                capsize=2,
+                error_kw={"lw": 0.8},
+            )
+            a.axvline(0.0, color="black", lw=1.0, label="oracle")
+            if "random" in g.index:
+                rnd = float(g.loc["random", "regret_pp"])
+                a.axvline(rnd, color="tab:red", ls="--", lw=1.0, label="random")
+            a.set_yticks(ys, crits)
+            a.invert_yaxis()
+            a.set_xlabel("regret (EER pp)")
+            a.set_title(dom if len({p[0] for p in panels}) == 1 else f"{dom} ({fam})")
+            _legend(a, style, loc="best")
+    return _finish(fig, axes, style)
