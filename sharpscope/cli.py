@@ -27,6 +27,13 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` on stderr; the message is plain text (rich markup would eat ``[dist]``)."""
+    from rich.text import Text
+
+    err_console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a :class:`SharpscopeError` into one red line on stderr and a non-zero exit."""
 
@@ -35,7 +42,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SharpscopeError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -92,15 +99,22 @@ def manifest_build_cmd(
 ) -> None:
     """Convert a corpus' official protocol files into a manifest with absolute audio paths."""
     from .data.converters import build_manifest
-    from .data.manifest import class_counts, manifest_hash, write_manifest
+    from .data.manifest import _format_of, class_counts, manifest_hash, write_manifest
+    from .fileio import check_writable_dir, staged_file
 
+    _format_of(out)
+    if out.is_dir():
+        raise SharpscopeError(f"--out {out} is a folder; pass a manifest file name (.csv/.tsv/.parquet)")
+    check_writable_dir(out.parent)
     opts: dict[str, Any] = _parse_converter_options(option)
     if only_eval:
         opts["only_eval"] = True
     if subset:
         opts["subset"] = list(subset)
     df = build_manifest(kind, root, **opts)
-    path = write_manifest(df, out)
+    with staged_file(out) as tmp:
+        write_manifest(df, tmp)
+    path = out
     console = Console()
     console.print(_manifest_counts_table(class_counts(df, by=("dataset", "subset")), f"{kind}: class counts"))
     n_attacks = df["attack"].nunique() if "attack" in df.columns else 0
@@ -193,6 +207,12 @@ def _metrics_summary(result: dict[str, Any], out: Path) -> None:
         t.add_row("minDCF", f"{result['min_dcf']:.4f}")
         t.add_row("actDCF", f"{result['act_dcf']:.4f}")
         t.add_row("Cllr", f"{result['cllr']:.4f} bits")
+        cal = result.get("calibration")
+        kind = result.get("score_type") or "type not recorded"
+        if cal:
+            t.add_row("scores", f"{kind}; actDCF/Cllr calibrated: llr = {cal['a']:.4g} s + {cal['b']:.4g}")
+        else:
+            t.add_row("scores", f"{kind}; actDCF/Cllr uncalibrated (not comparable across checkpoints)")
         t.add_row("trials", f"{result['n_bonafide']} bona fide, {result['n_spoof']} spoof")
         if "matching" in result:
             mt = result["matching"]
@@ -212,7 +232,21 @@ def score_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Utterances per forward pass."),
     crop: str = typer.Option("first", "--crop", help="first (64,600 samples, tiled) | full (whole clips)."),
     score: str = typer.Option(
-        "bonafide-logit", "--score", help="bonafide-logit (reference) | logit-diff | log-softmax"
+        "bonafide-logit",
+        "--score-type",
+        "--score",
+        help="bonafide-logit (reference, official EER) | log-odds (= logit-diff) | log-softmax",
+    ),
+    calibrate_on: Path | None = typer.Option(
+        None,
+        "--calibrate-on",
+        help="Labelled dev manifest (scored with the same model) or dev scores.csv: fit a logistic-"
+        "regression calibration; actDCF/Cllr are then computed on calibrated LLRs.",
+    ),
+    calibration_prior: str = typer.Option(
+        "0.5",
+        "--calibration-prior",
+        help="Bona fide prior of the calibration objective: 0.5 | asvspoof5 | P.",
     ),
     fmt: str | None = typer.Option(
         None, "--format", help="Also write an official score file: csv|asvspoof2019|asvspoof2021|asvspoof5"
@@ -228,13 +262,21 @@ def score_cmd(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the EER CI (0 = none)."),
 ) -> None:
     """Score a manifest with a checkpoint; write scores.csv and metrics.json (EER, minDCF, actDCF, Cllr)."""
+    from .fileio import staged_output
+    from .scorefiles import FORMATS, default_filename
     from .scoring import read_model_config, run_score
+    from .specio import check_device
 
-    result = run_score(
-        checkpoint, manifest, arch, out, batch_size=batch_size, crop=crop, score=score, fmt=fmt,
-        trust_checkpoint=trust_checkpoint, model_cfg=read_model_config(model_config), device=device,
-        seed=seed, n_boot=n_boot,
-    )  # fmt: skip
+    check_device(device)
+    model_cfg = read_model_config(model_config)
+    known = ["scores.csv", "metrics.json", "calibration_dev_scores.csv"]
+    known += [default_filename(f) for f in FORMATS]
+    with staged_output(out, "score", stale=known) as stage:
+        result = run_score(
+            checkpoint, manifest, arch, stage, batch_size=batch_size, crop=crop, score=score, fmt=fmt,
+            trust_checkpoint=trust_checkpoint, model_cfg=model_cfg, device=device, seed=seed, n_boot=n_boot,
+            calibrate_on=calibrate_on, calibration_prior=calibration_prior,
+        )  # fmt: skip
     _metrics_summary(result, out)
 
 
@@ -250,13 +292,41 @@ def metrics_cmd(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence interval."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the EER CI (0 = none)."),
+    score_type: str | None = typer.Option(
+        None,
+        "--score-type",
+        help="bonafide-logit | log-odds | log-softmax; default: the file's score_type column, else "
+        "bonafide-logit (other types are recomputed from the file's logit columns).",
+    ),
+    calibrate_on: Path | None = typer.Option(
+        None,
+        "--calibrate-on",
+        help="Labelled dev scores (CSV with utt_id,label,score): fit a logistic-regression calibration; "
+        "actDCF/Cllr are then computed on calibrated LLRs.",
+    ),
+    calibration_prior: str = typer.Option(
+        "0.5",
+        "--calibration-prior",
+        help="Bona fide prior of the calibration objective: 0.5 | asvspoof5 | P.",
+    ),
 ) -> None:
     """Evaluate an external score file against a manifest: metrics.json with per-attack/codec breakdowns."""
+    from .errors import ScoreError
+    from .fileio import staged_output
     from .scoring import run_metrics
 
-    result = run_metrics(
-        scores, manifest, out, fmt=fmt, allow_partial=allow_partial, seed=seed, n_boot=n_boot
-    )
+    if scores.is_file():  # the readers open text as UTF-8: say so in one line instead of a traceback
+        try:
+            scores.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ScoreError(
+                f"{scores}: not UTF-8 text (byte {exc.start}); convert the score file to UTF-8"
+            ) from None
+    with staged_output(out, "metrics", stale=["metrics.json"]) as stage:
+        result = run_metrics(
+            scores, manifest, stage, fmt=fmt, allow_partial=allow_partial, seed=seed, n_boot=n_boot,
+            score_type=score_type, calibrate_on=calibrate_on, calibration_prior=calibration_prior,
+        )  # fmt: skip
     _metrics_summary(result, out)
 
 
@@ -292,7 +362,19 @@ def sharpness_cmd(
         "--loss",
         help="weighted-ce | ce | kl-to-clean; repeat for several on the same batches.",
     ),
-    order: str = typer.Option("manifest", "--order", help="Batch order: manifest | shuffled | balanced"),
+    order: str = typer.Option(
+        "balanced",
+        "--order",
+        help="Batch order: balanced (class-stratified) | manifest (Huang et al.'s setting) | shuffled",
+    ),
+    class_mix: str = typer.Option(
+        "dataset",
+        "--class-mix",
+        help="Utterances the estimate uses: dataset | equal (50 % bona fide) | P (bona fide share, 0<P<1).",
+    ),
+    nonfinite: str = typer.Option(
+        "error", "--nonfinite", help="NaN/inf batch values: error | drop (counted) | cap (at the largest)."
+    ),
     budget: int | None = typer.Option(None, "--budget", help="Stop after at least N utterances."),
     ci_width: float | None = typer.Option(
         None, "--ci-width", help="Stop at this relative 95% CI half-width."
@@ -309,22 +391,33 @@ def sharpness_cmd(
     ),
 ) -> None:
     """Sharpness of a checkpoint on a manifest; the same pass gives the scores and EER."""
+    from .fileio import staged_output
     from .scoring import read_model_config
     from .sharpness.registry import measure_settings
     from .sharpness.runner import run_sharpness
+    from .specio import check_device, check_scope
+
+    check_device(device)
+    if scope is not None:
+        check_scope(scope)
 
     given = {
         "rho": rho, "adaptive": adaptive, "norm": norm, "steps": steps, "samples": samples, "scope": scope,
         "per_layer": per_layer, "budget": budget, "ci_width": ci_width, "precision": precision,
+        "nonfinite": nonfinite,
     }  # fmt: skip
     settings = {k: v for k, v in given.items() if v is not None}
     if "seed" in measure_settings(measure):
         settings["seed"] = seed
-    doc = run_sharpness(
-        str(checkpoint), str(manifest), arch, measure, str(out), settings, loss, batch_size=batch_size,
-        crop=crop, order=order, trust_checkpoint=trust_checkpoint, model_cfg=read_model_config(model_config),
-        device=device,
-    )  # fmt: skip
+    if "nonfinite" not in measure_settings(measure):  # landscape keeps every grid point, finite or not
+        settings.pop("nonfinite")
+    model_cfg = read_model_config(model_config)
+    with staged_output(out, "sharpness", stale=["sharpness.json", "scores.csv", "metrics.json"]) as stage:
+        doc = run_sharpness(
+            str(checkpoint), str(manifest), arch, measure, str(stage), settings, loss, batch_size=batch_size,
+            crop=crop, order=order, class_mix=class_mix, trust_checkpoint=trust_checkpoint,
+            model_cfg=model_cfg, device=device,
+        )  # fmt: skip
     console = Console()
     r = doc["result"]
     ci = r.get("ci95") or [None, None]
@@ -364,6 +457,11 @@ def sweep(
     ray_address: str = typer.Option(None, help="Existing Ray cluster address (default: start Ray locally)."),
     slurm_cluster: str = typer.Option("slurm", help="submitit cluster: slurm, or local."),
     slurm_partition: str = typer.Option(None, help="Slurm partition."),
+    trust_checkpoint: bool = typer.Option(
+        False,
+        "--trust-checkpoint",
+        help="Allow pickled (non-weights-only) checkpoints you trust (a study spec cannot grant this).",
+    ),
 ) -> None:
     """Sharpness sweep: checkpoints x test sets x measures, resumable; writes OUT/results.parquet + .csv."""
     import torch
@@ -371,9 +469,11 @@ def sweep(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from .sweep.executors import ExecOptions
+    from .sweep.executors import EXECUTORS, ExecOptions
     from .sweep.sweep import run_sweep
 
+    if executor not in EXECUTORS:
+        raise SharpscopeError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     console = Console()
     n_threads = threads or (torch.get_num_threads() if executor == "local" else 1)
     opts = ExecOptions(
@@ -384,7 +484,9 @@ def sweep(
         slurm_partition=slurm_partition,
     )
     if dry_run:
-        res = run_sweep(study, out, executor, opts, force=force, dry_run=True)
+        res = run_sweep(
+            study, out, executor, opts, force=force, dry_run=True, trust_checkpoint=trust_checkpoint
+        )
         t = Table(title=f"plan: {len(res.cells)} cells, {len(res.todo_ids)} to run")
         for col in ("cell id", "checkpoint", "evaluation set", "measures", "status"):
             t.add_column(col)
@@ -392,38 +494,48 @@ def sweep(
             sub = f" [{c.evalset.subset}]" if c.evalset.subset else ""
             measures = ", ".join(f"{m.name}({m.loss}, rho={m.rho})" for m in c.measures) or "EER only"
             status = "to run" if c.cell_id in res.todo_ids else "done"
-            t.add_row(c.cell_id, c.checkpoint.name, c.evalset.testset + sub, measures, status)
+            cols = (c.cell_id, c.checkpoint.name, c.evalset.testset + sub, measures, status)
+            t.add_row(*(escape(v) for v in cols))
         console.print(t)
         return
 
-    with Progress(
+    # The bar starts once the plan stands, so a refused spec or folder prints its one error line alone.
+    prog = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[current]}"),
         console=console,
-    ) as prog:
-        task = prog.add_task("cells", total=None, current="")
+    )
+    task = prog.add_task("cells", total=None, current="")
 
-        def on_plan(todo, total):
-            prog.update(task, total=len(todo), current=f"({total - len(todo)} already done)")
+    def on_plan(todo, total):
+        prog.start()
+        prog.update(task, total=len(todo), current=f"({total - len(todo)} already done)")
 
-        def on_start(cell):
-            prog.update(task, current=escape(cell.describe()))
+    def on_start(cell):
+        prog.update(task, current=escape(cell.describe()))
 
-        def on_done(cell, i, n):
-            prog.update(task, completed=i, current=escape(cell.describe()))
+    def on_done(cell, i, n):
+        prog.update(task, completed=i, current=escape(cell.describe()))
 
+    try:
         res = run_sweep(
-            study, out, executor, opts, force=force, on_done=on_done, on_start=on_start, on_plan=on_plan
-        )
+            study, out, executor, opts, force=force, on_done=on_done, on_start=on_start, on_plan=on_plan,
+            trust_checkpoint=trust_checkpoint,
+        )  # fmt: skip
+    except BaseException:
+        prog.live.transient = True  # a failed sweep leaves its one error line, not a half bar
+        raise
+    finally:
+        prog.stop()
     console.print(
         f"{res.ran} cells computed, {res.skipped} reused; {res.merge.n_rows} rows -> "
         f"{out / 'results.parquet'} and {out / 'results.csv'}"
     )
     for p in res.merge.problems:
-        err_console.print(f"[yellow]not merged:[/yellow] {p}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]not merged:[/yellow] {escape(p)}", highlight=False, soft_wrap=True)
     if res.merge.problems:
         raise typer.Exit(1)
 
@@ -454,31 +566,59 @@ def correlate_cmd(
     control: str | None = typer.Option(
         None, "--control", help="Also report partial correlations controlling for this column."
     ),
+    hyperparams: str | None = typer.Option(
+        None,
+        "--hyperparams",
+        help="Also report granulated Kendall (Jiang et al. 2020) over these training-hyperparameter axes: a "
+        "comma list of meta_ columns (prefix optional, e.g. method,lr,seed), or 'auto' for the varying "
+        "training-configuration columns (never outcomes such as dev EER).",
+    ),
     pvalue: str = typer.Option("auto", "--pvalue", help="auto | asymptotic | permutation."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples over checkpoints (0: no CI)."),
     seed: int = typer.Option(0, "--seed", help="Seed of bootstrap and permutation draws."),
     drop_nan: bool = typer.Option(False, "--drop-nan", help="Exclude NaN pairs (counted), do not fail."),
+    pool_families: bool = typer.Option(
+        False,
+        "--pool-families",
+        help="Pool checkpoints of different architecture families (default: one correlation per family).",
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Write the table: .csv, .md or .tex by suffix; any other name writes all three."
     ),
 ) -> None:
-    """Correlate a sharpness measure with EER across checkpoints (per test set, pooled, in/out of domain)."""
+    """Correlate a sharpness measure with EER across checkpoints (per test set, pooled, in/out of domain).
+
+    A confound panel follows the table: the controls of the compared cells (order, class mix, crop, score
+    type, non-finite policy and counts, family) with a warning wherever they differ."""
     from rich.table import Table
 
     from . import stats
+    from .confounds import confound_panel, confound_warnings
+    from .fileio import check_writable_dir, staged_output
     from .report.tables import format_value, load_results, write_table
 
+    if out is not None:
+        if out.is_dir():
+            raise SharpscopeError(f"--out {out} is a folder; pass a file name (.csv, .md, .tex or a stem)")
+        check_writable_dir(out.parent)
     df = load_results(results)
     common = dict(rho=rho, loss=loss, subset=subset, x_testset=x_testset, dropna=drop_nan)
     scopes, methods = _csv_list(by), _csv_list(method)
     table = stats.correlate(
-        df, x, y, by=scopes, methods=methods, pvalue=pvalue, n_boot=n_boot, seed=seed, **common
-    )
+        df, x, y, by=scopes, methods=methods, pvalue=pvalue, n_boot=n_boot, seed=seed,
+        pool_families=pool_families, **common,
+    )  # fmt: skip
     if control:
         import pandas as pd
 
         part = stats.partial_correlate(df, x, y, control, by=scopes, **common)
         table = pd.concat([table, part], ignore_index=True)
+    if hyperparams:
+        import pandas as pd
+
+        axes = None if hyperparams.strip() == "auto" else _csv_list(hyperparams)
+        gran = stats.granulated_kendall(df, x, y, hyperparams=axes, **common)
+        table = pd.concat([table, gran], ignore_index=True)
     console = Console()
     t = Table(title=f"{x} vs {y}", title_justify="left")
     for c in ("testset", "method", "n", "coef", "95% CI", "p", "p_method", "p_holm", "p_bh", "note"):
@@ -492,14 +632,125 @@ def correlate_cmd(
             notes.append(note)
         ref = str(notes.index(note) + 1) if note else ""
         vals = [r.get(c) for c in ("testset", "method", "n", "coef")] + [ci]
+        if isinstance(r.get("hyperparam"), str):  # granulated Kendall: ψ of an axis, or Ψ
+            h = r["hyperparam"]
+            vals[1] = "Ψ" if h == stats.PSI_LABEL else f"ψ {h.removeprefix('meta_')}"
         vals += [r.get(c) for c in ("p", "p_method", "p_holm", "p_bh")]
         t.add_row(*(format_value(v) for v in vals), ref)
     console.print(t)
+    if "axes" in table.columns and table["axes"].notna().any():
+        gk = table[table["axes"].notna()].iloc[0]
+        console.print(
+            f"granulated Kendall (Jiang et al. 2020), axes ({gk['axes_from']}): {gk['axes']}", highlight=False
+        )
     for i, note in enumerate(notes, 1):
         console.print(f"  {i}: {note}", highlight=False)
+    measure = x if "measure" in df.columns and x in set(df["measure"].astype(str)) else None
+    panel = confound_panel(df, measure, rho, loss)
+    warnings = confound_warnings(df, measure, rho, loss)
+    if len(panel):
+        pt = Table(title="confound panel (controls of the compared cells)", title_justify="left")
+        for c in panel.columns:
+            pt.add_column(c)
+        for r in panel.to_dict("records"):
+            pt.add_row(*(format_value(v) for v in r.values()))
+        console.print(pt)
+    for w in warnings:
+        console.print(f"warning: {w}", highlight=False, markup=False)
     if out is not None:
-        for p in write_table(table, out, caption=f"Correlation of {x} with {y}."):
-            console.print(f"wrote {p}", highlight=False)
+        # staged beside the target; only the table files are renamed in (the folder may hold anything)
+        with staged_output(out.parent, "correlate", record=False) as stage:
+            written = write_table(table, stage / out.name, caption=f"Correlation of {x} with {y}.")
+            stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+            panel_out = panel.assign(warnings=" | ".join(warnings)) if len(panel) else panel
+            written += write_table(
+                panel_out, stage / f"{stem}.confounds.csv", caption=f"Controls of the cells of {x}."
+            )
+        for p in written:
+            console.print(f"wrote {out.parent / p.name}", highlight=False)
+
+
+@app.command("select")
+@user_errors
+def select_cmd(
+    results: Path = typer.Argument(..., help="Results directory (results.parquet/.csv) or table file."),
+    target: str = typer.Option(..., "--target", help="Test set to deploy on (its labels are never used)."),
+    by: list[str] | None = typer.Option(
+        None,
+        "--by",
+        help="Criteria to use (repeat or comma list): a sharpness measure with loss kl-to-clean (e.g. "
+        "m-sharpness, or m-sharpness@0.05), sharpness, entropy, confidence, score-shift, score-shift-scaled, "
+        "dev-eer, source-eer.  Default: every available one.",
+    ),
+    k: str = typer.Option("1,3", "--k", help="Comma list of k for the top-k hit rate."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples over checkpoints (0: no CI)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap draws."),
+    in_domain: str | None = typer.Option(
+        None, "--in-domain", help="In-domain test set (default: the one marked in_domain)."
+    ),
+    subset: str | None = typer.Option(None, "--subset", help="Subset rows to use (default: the full set)."),
+    pool_arch: bool = typer.Option(
+        False, "--pool-arch", help="Compare checkpoints across architectures (default: within each arch)."
+    ),
+    no_combined: bool = typer.Option(False, "--no-combined", help="Leave out the combined criterion."),
+    top: int = typer.Option(10, "--top", help="Positions of the ranking printed per criterion."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for the CSV tables, selection.md and settings.json."
+    ),
+) -> None:
+    """Rank checkpoints for an unlabelled target test set by label-free criteria; where the study knows the
+    labels, score each criterion (regret, top-k hits, Spearman/Kendall, leave-one-domain-out)."""
+    import json
+
+    from rich.table import Table
+
+    from . import select as sel
+    from .fileio import staged_output
+    from .report.tables import load_results
+
+    try:
+        ks = [int(v) for v in _csv_list(k)]
+    except ValueError:
+        raise SharpscopeError(f"--k {k!r} is not a comma list of integers (e.g. 1,3)") from None
+    crits = [c for item in by or [] for c in _csv_list(item)]
+    res = sel.select(
+        load_results(results),
+        target,
+        by=crits or None,
+        ks=ks,
+        n_boot=n_boot,
+        seed=seed,
+        in_domain=in_domain,
+        subset=subset,
+        pool_arch=pool_arch,
+        combine=not no_combined,
+    )
+    console = Console()
+
+    def show(tab: Any, title: str) -> None:
+        t = Table(title=title, title_justify="left")
+        for c in tab.columns:
+            t.add_column(str(c), justify="left")
+        for row in tab.itertuples(index=False):
+            t.add_row(*(sel._fmt(v) for v in row))
+        console.print(t)
+
+    for fam in dict.fromkeys(res.ranking["family"]) if len(res.ranking) else []:
+        show(sel.ranking_wide(res.ranking, fam, top=top), f"Ranking for {target} ({fam}; label-free)")
+    if len(res.target_scores):
+        scores = sel.compact_scores(res.target_scores, ks, by_domain=False)
+        show(scores, f"Scores on {target} (its labels known here; regret in EER percentage points)")
+    if len(res.lodo_summary):
+        show(sel.compact_scores(res.lodo_summary, ks), "Leave-one-domain-out: mean over out-of-domain sets")
+    for i, note in enumerate(res.notes, 1):
+        console.print(f"  {i}: {note}", highlight=False, markup=False, soft_wrap=True)
+    if out is not None:
+        with staged_output(out, "select") as stage:
+            for name in ("ranking", "target_scores", "lodo", "lodo_summary", "weights"):
+                getattr(res, name).to_csv(stage / f"{name}.csv", index=False)
+            (stage / "selection.md").write_text(sel.summary_markdown(res), encoding="utf-8")
+            (stage / "settings.json").write_text(json.dumps(res.settings, indent=1, sort_keys=True) + "\n")
+        console.print(f"wrote {out} (ranking.csv, *_scores.csv, lodo*.csv, selection.md)", highlight=False)
 
 
 @app.command("report")
@@ -515,28 +766,31 @@ def report_cmd(
     max_measures: int = typer.Option(8, "--max-measures", help="Draw per-measure figures for at most N."),
 ) -> None:
     """Write a self-contained HTML report (plus report.md, tables.tex, figures/) from a results table."""
-    import yaml
+    import matplotlib
 
-    from .errors import SpecError
+    from .fileio import staged_output
     from .report.html import build_report
+    from .specio import read_yaml
 
-    spec_obj = None
-    if spec is not None:
-        try:
-            spec_obj = yaml.safe_load(spec.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise SpecError(f"{spec}: cannot read the study spec ({exc.__class__.__name__})") from None
-    index = build_report(
-        results,
-        out,
-        spec=spec_obj,
-        title=title,
-        n_boot=n_boot,
-        seed=seed,
-        max_measures=max_measures,
-        figure_formats=tuple(_csv_list(formats)),
+    spec_obj = None if spec is None else read_yaml(spec, "study spec")
+    # names in the table (test sets, checkpoints) are drawn as plain text: "$\\x{$" is a name, not TeX
+    with (
+        staged_output(out, "report", record=False) as stage,
+        matplotlib.rc_context({"text.parse_math": False}),
+    ):
+        index = build_report(
+            results,
+            stage,
+            spec=spec_obj,
+            title=title,
+            n_boot=n_boot,
+            seed=seed,
+            max_measures=max_measures,
+            figure_formats=tuple(_csv_list(formats)),
+        )
+    Console().print(
+        f"wrote {out / index.name} (+ report.md, tables.tex, figures/, tables/)", highlight=False
     )
-    Console().print(f"wrote {index} (+ report.md, tables.tex, figures/, tables/)", highlight=False)
 
 
 @app.command("figures")
@@ -546,9 +800,11 @@ def figures_cmd(
     out: Path = typer.Option(..., "--out", help="Output directory for NAME.pdf/.svg/.png."),
 ) -> None:
     """Rebuild paper figures from stored tables; byte-identical on re-run."""
+    from .fileio import staged_output
     from .report.figures import build_figures
 
-    written = build_figures(spec, out)
+    with staged_output(out, "figures", record=False) as stage:
+        written = build_figures(spec, stage)
     Console().print(f"wrote {len(written)} files to {out}", highlight=False)
 
 
@@ -565,11 +821,13 @@ def train_cmd(
     """Train a countermeasure (ERM, SAM/ASAM or MLDG; full, frozen-SSL or LoRA); resumes automatically."""
     from rich.table import Table
 
+    from .fileio import check_writable_dir
     from .train.config import load_config
     from .train.loop import train
 
     console = Console()
     cfg = load_config(config)
+    check_writable_dir(out)
     result = train(cfg, out, progress=progress, log=lambda m: console.print(m, highlight=False))
     t = Table(show_header=False, box=None, pad_edge=False)
     best = [h for h in result.history if h.get("best")]
@@ -597,10 +855,14 @@ def zoo(
     slurm_cluster: str = typer.Option("slurm", help="submitit cluster: slurm, or local."),
 ) -> None:
     """Train a checkpoint zoo (method x rho x lr x seed x LoRA rank ...); finished runs are reused."""
-    from .sweep.executors import ExecOptions
+    from .fileio import check_writable_dir
+    from .sweep.executors import EXECUTORS, ExecOptions
     from .train.zoo import run_zoo
 
+    if executor not in EXECUTORS:
+        raise SharpscopeError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     console = Console()
+    check_writable_dir(out)
     opts = ExecOptions(
         workers=workers, num_threads=threads, ray_address=ray_address, slurm_cluster=slurm_cluster
     )

@@ -33,3 +33,7 @@ class ScoreError(SharpscopeError):
 
 class SpecError(SharpscopeError):
     """A study / figure / training spec is invalid."""
+
+
+class OutputError(SharpscopeError):
+    """An output cannot be written (a file where a folder is needed, read-only, full disk, locked)."""

@@ -33,6 +33,7 @@ def test_cli_lists_every_verb():
         "sharpness",
         "sweep",
         "correlate",
+        "select",
         "report",
         "figures",
         "train",

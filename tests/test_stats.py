@@ -463,7 +463,8 @@ def test_cli_correlate_writes_csv_md_tex(tmp_path, df):
     assert "m-sharpness vs eer" in res.output
     csv = pd.read_csv(tmp_path / "corr.csv")
     assert {"kendall", "spearman", "partial-spearman"} <= set(csv["method"])
-    assert (tmp_path / "corr.md").read_text().startswith("| x | y | testset")
+    assert (tmp_path / "corr.md").read_text().startswith("| x | y | family | testset")
+    assert (tmp_path / "corr.confounds.csv").is_file()  # the confound panel travels with the table
     assert "\\begin{tabular}" in (tmp_path / "corr.tex").read_text()
     res = runner.invoke(
         app, ["correlate", str(tmp_path), "--x", "m-sharpness", "--out", str(tmp_path / "c.md")]

@@ -158,13 +158,34 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
+def _check_header(p: Path, sep: str, what: str) -> None:
+    """Refuse a header naming one column twice (pandas would silently rename the second ``label.1``)."""
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh, delimiter=sep), [])
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{p}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
+    except (OSError, csv.Error):
+        return  # the reader below reports it
+    seen: dict[str, int] = {}
+    for i, name in enumerate(c.strip() for c in header):
+        if name in seen:
+            raise ManifestError(
+                f"{p}: header names column {name!r} twice (columns {seen[name] + 1} and {i + 1}); "
+                "remove or rename one"
+            )
+        seen[name] = i
+
+
 def read_delimited(path: str | Path, sep: str = ",", what: str = "CSV") -> pd.DataFrame:
     """A delimited text table with a header, every cell a string (empty cells ``""``), strictly rectangular.
 
     A line with more or fewer fields than the header raises :class:`ManifestError` naming ``file`` and the
-    line (pandas would otherwise silently turn an extra leading field into an index).
+    line (pandas would otherwise silently turn an extra leading field into an index); so does a header that
+    names a column twice.
     """
     p = Path(path)
+    _check_header(p, sep, what)
     try:  # fast path: Arrow's multi-threaded reader, strict about field counts
         df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, engine="pyarrow")
         df.columns = [str(c).strip() for c in df.columns]
@@ -391,6 +412,8 @@ def read_manifest(
         more = f" (and {len(errors) - 1} more; list them with `sharpscope manifest check {p}`)"
         where = "" if errors[0].row is None else " (rows are 1-based data rows)"
         raise ManifestError(f"{p}: {errors[0]}{more if len(errors) > 1 else ''}{where}")
+    if len(raw) == 0:
+        raise ManifestError(f"{p}: no data rows (only a header); add utterances or pass another manifest")
     df = normalise(raw)
     df["path"] = resolve_paths(df["path"], root if root is not None else p.parent)
     if check_files:
@@ -517,11 +540,60 @@ def files_exist(paths: pd.Series) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What ``soundfile.info`` says about one file (``error`` set when it cannot be read)."""
+    """What ``soundfile.info`` says about one file (``error`` set when it cannot be read).
+
+    ``declared_frames`` is the frame count a WAV header announces (``None`` for other formats);
+    ``n_nonfinite`` counts NaN/inf samples of floating-point files (``None`` when not scanned).
+    """
 
     sample_rate: int | None = None
     frames: int | None = None
     error: str | None = None
+    declared_frames: int | None = None
+    n_nonfinite: int | None = None
+
+
+def wav_declared_frames(path: str) -> int | None:
+    """Frames announced by a RIFF/WAVE header (``data`` chunk size / block align), or ``None``.
+
+    libsndfile quietly shortens ``frames`` to the bytes actually present, so a file cut off mid-download
+    reads as a shorter clip; comparing with the header's own count is how a truncated file is told apart
+    (RIFF layout: "RIFF" size "WAVE", then chunks of 4-byte id + little-endian 4-byte size, padded to even
+    sizes; "fmt " holds the block align at offset 12).
+    """
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        for _ in range(64):  # a WAV file has a handful of chunks
+            hdr = fh.read(8)
+            if len(hdr) < 8:
+                return None
+            cid, size = hdr[:4], struct.unpack("<I", hdr[4:])[0]
+            if cid == b"fmt ":
+                fmt = fh.read(min(size, 64))
+                if len(fmt) >= 14:
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                fh.seek(size - len(fmt) + (size & 1), 1)
+            elif cid == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):  # streamed WAVs leave the size open
+                    return None
+                return size // block_align
+            else:
+                fh.seek(size + (size & 1), 1)
+    return None
+
+
+def _count_nonfinite(path: str) -> int:
+    import soundfile as sf
+
+    bad = 0
+    for block in sf.blocks(path, blocksize=1 << 16, dtype="float64", always_2d=True):
+        bad += int(block.size - np.isfinite(block).sum())
+    return bad
 
 
 def _probe(path: str) -> AudioInfo:
@@ -529,10 +601,18 @@ def _probe(path: str) -> AudioInfo:
 
     try:
         info = sf.info(path)
+        declared = wav_declared_frames(path) if info.format in ("WAV", "WAVEX") else None
+        # only floating-point files can hold NaN/inf; integer PCM cannot
+        nonfinite = _count_nonfinite(path) if info.subtype in ("FLOAT", "DOUBLE") else None
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return AudioInfo(error=msg)
-    return AudioInfo(sample_rate=int(info.samplerate), frames=int(info.frames))
+    return AudioInfo(
+        sample_rate=int(info.samplerate),
+        frames=int(info.frames),
+        declared_frames=declared,
+        n_nonfinite=nonfinite,
+    )
 
 
 def probe_audio(
@@ -602,6 +682,8 @@ def check_manifest(
     p = Path(path)
     raw = load_table(p)
     problems = validate(raw)
+    if len(raw) == 0:
+        problems.append(Problem("no_rows", "no data rows (only a header); add utterances"))
     sample_rates: dict[int, int] | None = None
     durations: dict[str, float] | None = None
     if "path" in raw.columns and len(raw):
@@ -660,6 +742,25 @@ def _audio_problems(
         if not info.frames:
             out.append(Problem("empty_audio", f"audio file {f} holds no samples", row=r, column="path"))
             continue
+        if info.declared_frames is not None and info.declared_frames > info.frames:
+            out.append(
+                Problem(
+                    "truncated_audio",
+                    f"audio file {f} is truncated: its header announces {info.declared_frames} frames, "
+                    f"the file holds {info.frames}; re-download or re-convert it",
+                    row=r,
+                    column="path",
+                )
+            )
+        if info.n_nonfinite:
+            out.append(
+                Problem(
+                    "nonfinite_audio",
+                    f"audio file {f} holds {info.n_nonfinite} NaN/inf samples; re-convert it",
+                    row=r,
+                    column="path",
+                )
+            )
         for col, actual in (("sample_rate", info.sample_rate), ("num_samples", info.frames)):
             want = declared.get(col)
             if want is not None and not np.isnan(want[i]) and int(want[i]) != actual:

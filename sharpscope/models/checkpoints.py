@@ -89,7 +89,7 @@ def load_checkpoint(
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}; check the path")
-    overrides = dict(model_cfg or {})
+    overrides = check_model_cfg(model_cfg or {}, "model config")
     if p.is_dir():
         kind = detect_directory(p)
         if kind in ("peft", "transformers"):
@@ -115,7 +115,7 @@ def load_checkpoint(
     cfg = {**(saved or {}).get("model_cfg", {}), **overrides}
     if arch.startswith("ssl-") and not saved:
         state, info["remapped"] = _remap_ssl(state)
-    model = _build(arch, cfg)
+    model = build_checked(arch, cfg, f"model config of {p}")
     state, stripped = _strip_prefixes(state, model.state_dict())
     if stripped:
         info["stripped_prefix"] = stripped
@@ -148,9 +148,49 @@ def detect_directory(path: Path) -> str:
     )
 
 
+def check_lora_sidecar(p: Path) -> None:
+    """Check the fields of a LoRA directory's ``sharpscope_lora.json`` that the loader trusts.
+
+    ``arch`` must name an SSL architecture, the ``lora`` block must hold its settings, and ``base_weights`` --
+    a file name joined onto the directory -- must stay inside it (``../x`` or an absolute path would read
+    any file on the machine).
+    """
+    from .registry import ARCHS
+
+    side_path = p / "sharpscope_lora.json"
+    if not side_path.is_file():
+        return  # the loader says what is missing
+    side = _read_json(side_path)
+    arch = side.get("arch")
+    if not isinstance(arch, str) or arch not in ARCHS or not arch.startswith("ssl-"):
+        ssl = ", ".join(a for a in ARCHS if a.startswith("ssl-"))
+        raise CheckpointError(f"{side_path}: arch {arch!r} is missing or not one of {ssl}; fix the sidecar")
+    for key in ("ssl_config", "base_fingerprint", "lora"):
+        if key not in side:
+            raise CheckpointError(f"{side_path}: no {key!r}; re-save the model with save_lora")
+    lora = side["lora"]
+    if not isinstance(lora, dict) or not {"rank", "alpha", "dropout", "target_modules"} <= set(lora):
+        raise CheckpointError(
+            f"{side_path}: lora must hold rank, alpha, dropout and target_modules; re-save it with save_lora"
+        )
+    base = side.get("base_weights")
+    if base is not None:
+        ok = isinstance(base, str) and base and Path(base).name == base and not base.startswith(".")
+        if not ok:
+            raise CheckpointError(
+                f"{side_path}: base_weights {base!r} must be a file name inside {p} (no folders, no '..')"
+            )
+    head_cfg = side.get("head_cfg", {})
+    if not isinstance(head_cfg, dict):
+        raise CheckpointError(f"{side_path}: head_cfg {head_cfg!r} must be a mapping")
+    check_model_cfg(head_cfg, f"{side_path}: head_cfg")
+
+
 def _load_via_hook(
     p: Path, kind: str, arch: str | None, cfg: dict[str, Any], device: str | torch.device
 ) -> LoadedCheckpoint:
+    if kind == "peft":
+        check_lora_sidecar(p)
     module, func = ("lora", "load_lora_directory") if kind == "peft" else ("ssl", "load_ssl_directory")
     try:
         loader = getattr(importlib.import_module(f"sharpscope.models.{module}"), func)
@@ -158,7 +198,13 @@ def _load_via_hook(
         raise CheckpointError(
             f"cannot load {kind} directory {p}: sharpscope.models.{module}.{func} is unavailable ({exc})"
         ) from None
-    out = loader(p, arch, **cfg)
+    try:
+        out = loader(p, arch, **cfg)
+    except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"cannot load {kind} directory {p} ({type(exc).__name__}: {first}); check its config files"
+        ) from None
     model, meta = out if isinstance(out, tuple) else (out, {})
     model.to(device).eval()
     meta = dict(meta or {})
@@ -263,9 +309,16 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] 
         raise CheckpointError(f"checkpoint {p} holds no tensors; re-save it")
     saved = None
     if header.get("sharpscope.arch") or header.get("sharpscope.model_cfg"):
+        try:
+            cfg = json.loads(header.get("sharpscope.model_cfg") or "{}")
+        except ValueError:
+            raise CheckpointError(
+                f"checkpoint {p}: header entry sharpscope.model_cfg is not JSON; re-save the checkpoint or "
+                "delete that header entry"
+            ) from None
         saved = {
             "arch": header.get("sharpscope.arch") or None,
-            "model_cfg": json.loads(header.get("sharpscope.model_cfg") or "{}"),
+            "model_cfg": check_model_cfg(cfg, f"checkpoint {p} header sharpscope.model_cfg"),
         }
     return state, saved
 
@@ -280,14 +333,19 @@ def _read_json(p: Path) -> dict[str, Any]:
     return data
 
 
-def _normalise_sidecar(data: dict[str, Any], whole_is_cfg: bool) -> dict[str, Any]:
+def _normalise_sidecar(data: dict[str, Any], whole_is_cfg: bool, source: Path) -> dict[str, Any]:
     """``{"arch", "model_cfg", "meta"}`` from a sidecar; a bare config file is taken as ``model_cfg``."""
     cfg = data.get("model_cfg", data.get("model_config"))
     if cfg is None and whole_is_cfg:
         cfg = {k: v for k, v in data.items() if k not in ("arch", "meta", "format", "version")}
-    cfg = dict(cfg or {})
+    cfg = check_model_cfg(cfg or {}, f"{source}: model_cfg")
     cfg.pop("architecture", None)  # the official AASIST .conf names the class there, not a config value
-    return {"arch": data.get("arch"), "model_cfg": cfg, "meta": dict(data.get("meta") or {})}
+    arch, meta = data.get("arch"), data.get("meta") or {}
+    if arch is not None and not isinstance(arch, str):
+        raise CheckpointError(f"{source}: arch {arch!r} must be an architecture name (a string)")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: meta {meta!r} must be a mapping")
+    return {"arch": arch, "model_cfg": cfg, "meta": dict(meta)}
 
 
 def _file_sidecar(p: Path) -> dict[str, Any] | None:
@@ -297,14 +355,14 @@ def _file_sidecar(p: Path) -> dict[str, Any] | None:
     data = _read_json(side)
     if data.get("format") != SIDECAR_FORMAT and not ({"arch", "model_cfg"} & set(data)):
         return None  # an unrelated JSON file that happens to share the stem
-    return _normalise_sidecar(data, whole_is_cfg=False)
+    return _normalise_sidecar(data, whole_is_cfg=False, source=side)
 
 
 def _directory_sidecar(p: Path) -> dict[str, Any] | None:
     if (p / DIR_SIDECAR).is_file():
-        return _normalise_sidecar(_read_json(p / DIR_SIDECAR), whole_is_cfg=False)
+        return _normalise_sidecar(_read_json(p / DIR_SIDECAR), whole_is_cfg=False, source=p / DIR_SIDECAR)
     if (p / "config.json").is_file():
-        return _normalise_sidecar(_read_json(p / "config.json"), whole_is_cfg=True)
+        return _normalise_sidecar(_read_json(p / "config.json"), whole_is_cfg=True, source=p / "config.json")
     return None
 
 
@@ -333,13 +391,50 @@ def _remap_ssl(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return dict(remap(state)), True
 
 
-def _build(arch: str, cfg: dict[str, Any]) -> nn.Module:
+MAX_CONFIG_NUMBER = 1e7  # no model dimension is this large; a typo of 1e12 would be a MemoryError instead
+
+
+def check_model_cfg(cfg: Any, where: str = "model config") -> dict[str, Any]:
+    """``cfg`` as builder keyword arguments: a mapping with string keys whose leaves are JSON-like and whose
+    numbers are bounded; else :class:`CheckpointError` naming ``where`` and the key."""
+    if not isinstance(cfg, Mapping) or not all(isinstance(k, str) for k in cfg):
+        raise CheckpointError(f"{where}: {cfg!r} must be a mapping of builder arguments (name: value)")
+
+    def walk(v: Any, key: str) -> None:
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                walk(x, f"{key}.{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{key}[{i}]")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not abs(v) <= MAX_CONFIG_NUMBER:
+                raise CheckpointError(f"{key}: {v!r} is out of range (|value| <= {MAX_CONFIG_NUMBER:g})")
+        elif not (v is None or isinstance(v, (str, bool))):
+            raise CheckpointError(f"{key}: {v!r} is not a number, string, list or mapping")
+
+    for k, v in cfg.items():
+        walk(v, f"{where}.{k}")
+    return dict(cfg)
+
+
+def build_checked(arch: str, cfg: Any, where: str = "model config") -> nn.Module:
+    """``build_model(arch, **cfg)`` where a wrongly typed or shaped config value (a string for a channel
+    count, a list of the wrong length) is one :class:`CheckpointError` line naming ``where``, not a
+    traceback from deep inside the model's constructor."""
     from .registry import build_model
 
+    cfg = check_model_cfg(cfg, where)
     try:
         return build_model(arch, **cfg)
-    except TypeError as exc:
-        raise CheckpointError(f"model config {cfg} does not fit arch {arch!r}: {exc}") from None
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError, AttributeError, ZeroDivisionError,
+            OverflowError, AssertionError) as exc:  # fmt: skip
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{where} does not build arch {arch!r} ({type(exc).__name__}: {first}); fix the config values"
+        ) from None
 
 
 def _strip_prefixes(

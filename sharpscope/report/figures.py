@@ -52,6 +52,10 @@ SVG_HASHSALT = "sharpscope"
 _FIGURE_KEYS = {"name", "source", "kind", "filters", "options", "params", "style", "size", "formats", "dpi"}
 _DEFAULT_KEYS = {"size", "formats", "dpi", "style", "source"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Bounds on a figure's canvas: matplotlib allocates w*h*dpi^2 RGBA pixels, so an unbounded size (or a
+# huge size times dpi) is a MemoryError, not a figure.  40 in is wider than any poster column.
+MAX_INCHES = 40.0
+MAX_PIXELS = 200_000_000
 
 
 def save_figure(
@@ -71,7 +75,8 @@ def save_figure(
             meta = {"Software": None}
         else:
             raise SharpscopeError(f"unknown figure format {fmt!r}; choose from {', '.join(FORMATS)}")
-        with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT, "pdf.compression": 6}):
+        rc = {"svg.hashsalt": SVG_HASHSALT, "pdf.compression": 6, "text.parse_math": False}
+        with matplotlib.rc_context(rc):
             fig.savefig(path, format=fmt, dpi=dpi, metadata=meta)
         written.append(path)
     return written
@@ -103,7 +108,7 @@ def _parse_size(v: Any) -> tuple[float, float] | None:
             w, h = float(v[0]), float(v[1])
         except (TypeError, ValueError):
             return None
-        if w > 0 and h > 0 and math.isfinite(w) and math.isfinite(h):
+        if 0 < w <= MAX_INCHES and 0 < h <= MAX_INCHES and math.isfinite(w) and math.isfinite(h):
             return (w, h)
     return None
 
@@ -207,7 +212,10 @@ def load_spec(path: str | Path) -> list[FigureSpec]:
             problems.append(f"{where}.style: unknown keys {bad_style} (known: {', '.join(plots.STYLE_KEYS)})")
         size = _parse_size(merged.get("size", (3.5, 2.6)))
         if size is None:
-            problems.append(f"{where}.size: {merged.get('size')!r} is not 'WxH' or [w, h] in inches (> 0)")
+            problems.append(
+                f"{where}.size: {merged.get('size')!r} is not 'WxH' or [w, h] in inches "
+                f"(each > 0 and <= {MAX_INCHES:g})"
+            )
             size = (3.5, 2.6)
         formats = merged.get("formats", list(FORMATS))
         formats = [formats] if isinstance(formats, str) else formats
@@ -218,6 +226,11 @@ def load_spec(path: str | Path) -> list[FigureSpec]:
         if not isinstance(dpi, int) or isinstance(dpi, bool) or not 10 <= dpi <= 2400:
             problems.append(f"{where}.dpi: {dpi!r} must be an integer between 10 and 2400")
             dpi = 300
+        if size[0] * size[1] * dpi * dpi > MAX_PIXELS:
+            problems.append(
+                f"{where}.size: {size[0]:g}x{size[1]:g} in at {dpi} dpi is more than {MAX_PIXELS:,} pixels; "
+                "lower the size or dpi"
+            )
         specs.append(
             FigureSpec(
                 name=name,
@@ -281,7 +294,9 @@ def render(spec: FigureSpec, table: pd.DataFrame) -> Figure:
     """Draw one figure of a spec from its (already loaded) table."""
     fn = plots.PLOTS[spec.kind]
     style = {**spec.style, "figsize": spec.size}
-    return fn(table, **spec.options, **style)
+    # Labels come from the data (test-set names such as "$\\badcmd{x}$"): plain text, never TeX math.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return fn(table, **spec.options, **style)
 
 
 def build_figures(spec_path: str | Path, out_dir: str | Path) -> list[Path]:

@@ -292,6 +292,13 @@ class TrainConfig:
             "an integer >= 0",
         )
         _choice(self.device, DEVICES, where, "device")
+        from ..errors import CheckpointError
+        from ..models.checkpoints import check_model_cfg
+
+        try:
+            check_model_cfg(self.model, _join(where, "model"))
+        except CheckpointError as exc:
+            raise SpecError(str(exc)) from None
         self.lora.check(_join(where, "lora"))
         self.data.check(_join(where, "data"))
         self.optimizer.check(_join(where, "optimizer"))
@@ -332,16 +339,10 @@ class TrainConfig:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a training YAML file (relative paths resolved against its folder)."""
-    import yaml
+    from ..specio import read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"training config not found: {p}; pass the path of a YAML file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpecError(f"{p}: not valid YAML ({first}); fix the syntax") from None
+    data = read_yaml(p, "training config")  # strict: duplicate keys and alias bombs are refused
     if not isinstance(data, dict):
         raise SpecError(f"{p}: the top level must be a mapping of keys (arch, data, optimizer, ...)")
     return TrainConfig.from_dict(data, base_dir=p.resolve().parent, source=str(p))
@@ -350,7 +351,9 @@ def load_config(path: str | Path) -> TrainConfig:
 def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ---- generic dict -> dataclass validation ---------------------------------------------------------------

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..specio import read_yaml
+from ..specio import read_yaml, safe_name
 from .config import TrainConfig
 
 
@@ -57,6 +57,8 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     for p in parts[:-1]:
         if d.get(p) is None:
             d[p] = {}
+        if not isinstance(d[p], dict):
+            raise SpecError(f"grid.{key}: {p!r} is {d[p]!r}, not a section that can hold {parts[-1]!r}")
         d = d[p]
     d[parts[-1]] = value
 
@@ -74,6 +76,10 @@ def expand_zoo(spec: dict[str, Any], base_dir: Path, source: str = "zoo spec") -
     if unknown:
         raise SpecError(f"{source}: unknown keys {sorted(unknown)} (allowed: name, base, runs)")
     base = spec.get("base") or {}
+    if not isinstance(base, dict):
+        raise SpecError(f"{source}: base: must be a mapping (a training config)")
+    if not isinstance(spec["runs"], list):
+        raise SpecError(f"{source}: runs: must be a list of runs (each with a name)")
     runs: list[ZooRun] = []
     names: set[str] = set()
     for i, r in enumerate(spec["runs"] or []):
@@ -82,22 +88,33 @@ def expand_zoo(spec: dict[str, Any], base_dir: Path, source: str = "zoo spec") -
             raise SpecError(f"{where}: each run needs a 'name'")
         extra = set(r) - {"name", "set", "grid"}
         if extra:
-            raise SpecError(f"{where}: unknown keys {sorted(extra)} (allowed: name, set, grid)")
+            raise SpecError(f"{where}: unknown keys {sorted(map(str, extra))} (allowed: name, set, grid)")
+        run_name = safe_name(r["name"], f"{where}.name")  # it becomes the folder OUT/<name>-...
         grid = r.get("grid") or {}
+        if not isinstance(grid, dict):
+            raise SpecError(f"{where}.grid: must be a mapping of dotted keys to lists of values")
         for k, v in grid.items():
+            if not isinstance(k, str) or not k:
+                raise SpecError(f"{where}.grid: key {k!r} must be a dotted config key")
             if not isinstance(v, list) or not v:
                 raise SpecError(f"{where}.grid.{k}: must be a non-empty list of values")
         over = r.get("set") or {}
+        if not isinstance(over, dict):
+            raise SpecError(f"{where}.set: must be a mapping of config overrides")
         # a run that changes the architecture starts from a fresh model config
         cfg0 = _deep_merge({k: v for k, v in base.items() if k != "model"} if "arch" in over else base, over)
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             cfg = copy.deepcopy(cfg0)
             for k, v in zip(keys, combo, strict=True):
-                _set_dotted(cfg, k, v)
+                try:
+                    _set_dotted(cfg, k, v)
+                except SpecError as exc:
+                    raise SpecError(f"{where}.{exc}") from None
             label = "-".join(
-                [str(r["name"])] + [f"{k.split('.')[-1]}{_slug(v)}" for k, v in zip(keys, combo, strict=True)]
+                [run_name] + [f"{k.split('.')[-1]}{_slug(v)}" for k, v in zip(keys, combo, strict=True)]
             )
+            label = safe_name(label, f"{where}.name")
             if label in names:
                 raise SpecError(f"{where}: run name {label!r} occurs twice; give runs distinct names")
             names.add(label)
