@@ -365,6 +365,15 @@ def _goodness(values: np.ndarray, c: Criterion) -> np.ndarray:
     return -values if c.lower_is_better else values
 
 
+def _weight_rows(family: str, held_out: str, w: dict[str, float], fit_on: list[str]) -> list[dict]:
+    """One row per criterion of a combined criterion's normalised weights (and where they were fit)."""
+    total, where = sum(w.values()), ",".join(fit_on)
+    return [
+        {"family": family, "held_out": held_out, "criterion": c, "weight": wc / total, "fit_on": where}
+        for c, wc in w.items()
+    ]
+
+
 def rank_checkpoints(table: pd.DataFrame, criteria: dict[str, Criterion]) -> pd.DataFrame:
     """Long ranking: one row per (criterion, checkpoint); rank 1 = ship first, ties share the lowest rank
     (listed by checkpoint name)."""
@@ -657,16 +666,7 @@ def select(
                     f"combined criterion for {target}: weights fit on {', '.join(fit_on)} without the "
                     "target's labels"
                 )
-                weights_rows += [
-                    {
-                        "family": fam,
-                        "held_out": target,
-                        "criterion": c,
-                        "weight": wc / sum(w.values()),
-                        "fit_on": ",".join(fit_on),
-                    }
-                    for c, wc in w.items()
-                ]
+                weights_rows += _weight_rows(fam, target, w, fit_on)
             else:
                 fnotes.append(
                     f"combined criterion unavailable for {target}: fewer than two criteria correlate "
@@ -696,16 +696,7 @@ def select(
                 if fit_on and sum(v > 0 for v in w.values()) >= 2:
                     good["combined"] = _combined(table_t, crit_t, w)
                     if t != target:
-                        weights_rows += [
-                            {
-                                "family": fam,
-                                "held_out": t,
-                                "criterion": c,
-                                "weight": wc / sum(w.values()),
-                                "fit_on": ",".join(fit_on),
-                            }
-                            for c, wc in w.items()
-                        ]
+                        weights_rows += _weight_rows(fam, t, w, fit_on)
             tab, reps = score_criteria(good, e, ks=ks, idx=idx, level=level)
             kinds = {
                 **{c: crit_t[c].kind for c in crit_t},
