@@ -9,8 +9,12 @@ soxr (high quality).  Two crop policies:
   composition is a controlled variable) and zero-padded for storage only; ``Batch.lengths`` holds the true
   lengths and every consumer forwards each exact-length group on its own
   (:func:`sharpscope.models.outputs.grouped_forward`), so no utterance's logits depend on its batch mates.
+  Whole is bounded: a clip longer than the cap (``full`` = 60 s, ``full:SECONDS`` to choose, ``full:none`` for
+  no cap) keeps its first SECONDS.  Without a cap one 10-minute clip in a batch of 32 pads the batch to
+  32 x 9.6 M samples and its activations to many GB; with it a batch is bounded by ``batch_size x cap``.
+  Every cut is counted (``Batch.meta["n_truncated"]``) and announced with one warning line per pass.
 
-The policy is part of every result's settings.
+The policy (with its cap) is part of every result's settings.
 """
 
 from __future__ import annotations
@@ -27,6 +31,39 @@ from ..errors import AudioError
 SAMPLE_RATE = 16_000
 NB_SAMP = 64_600
 CROPS = ("first", "full")
+FULL_MAX_SECONDS = 60.0  # default cap of crop "full" (see the module docstring)
+
+
+def check_crop(crop: str) -> int | None:
+    """Validate a crop policy and return its cap in samples for ``full`` (``None``: no cap / not ``full``).
+
+    Accepted: ``first``, ``full`` (capped at :data:`FULL_MAX_SECONDS`), ``full:SECONDS`` (a positive number),
+    ``full:none`` (no cap: the caller accepts unbounded memory).
+    """
+    kind, _, arg = str(crop).partition(":")
+    if kind not in CROPS or (kind == "first" and arg):
+        raise AudioError(
+            f"unknown crop policy {crop!r}; use first, full, full:SECONDS "
+            f"(cap, default {FULL_MAX_SECONDS:g}) or full:none"
+        )
+    if kind == "first":
+        return None
+    if arg == "":
+        return int(FULL_MAX_SECONDS * SAMPLE_RATE)
+    if arg.lower() == "none":
+        return None
+    try:
+        seconds = float(arg)
+    except ValueError:
+        seconds = float("nan")
+    if not np.isfinite(seconds) or seconds <= 0:
+        raise AudioError(f"crop {crop!r}: the cap after 'full:' must be positive seconds or 'none'")
+    return max(1, int(round(seconds * SAMPLE_RATE)))
+
+
+def crop_kind(crop: str) -> str:
+    """``first`` or ``full`` (the policy without its cap)."""
+    return str(crop).partition(":")[0]
 
 
 @dataclass
@@ -110,15 +147,23 @@ class AudioCache:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._store: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+        self.truncated: set[str] = set()  # paths whose decoded clip exceeded a crop "full" cap
 
     def get(self, path: str, crop: str, nb_samp: int = NB_SAMP, row: int | str | None = None) -> np.ndarray:
+        """The decoded clip under ``crop`` (``first``: tiled/cut to ``nb_samp``; ``full``: whole, capped)."""
         key = (str(path), crop, nb_samp)
         hit = self._store.get(key)
         if hit is not None:
             self._store.move_to_end(key)
             return hit
         x = load_audio(path, row=row)
-        hit = crop_first(x, nb_samp) if crop == "first" else x
+        if crop_kind(crop) == "first":
+            hit = crop_first(x, nb_samp)
+        else:
+            cap = check_crop(crop)
+            hit = x if cap is None or len(x) <= cap else x[:cap].copy()
+            if hit is not x:
+                self.truncated.add(str(path))
         if hit.nbytes <= self.max_bytes:
             self._store[key] = hit
             self.nbytes += hit.nbytes
@@ -147,8 +192,8 @@ def iter_batches(
 
     ``order`` -- row positions in the order to batch them (default: manifest order), for every crop.
     """
-    if crop not in CROPS:
-        raise AudioError(f"unknown crop policy {crop!r}; use one of {', '.join(CROPS)}")
+    cap = check_crop(crop)
+    full = crop_kind(crop) == "full"
     cache = cache if cache is not None else AudioCache()
     paths = manifest["path"].astype(str).tolist()
     ids = manifest["utt_id"].astype(str).tolist()
@@ -157,8 +202,15 @@ def iter_batches(
 
     groups = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
 
+    cut: list[str] = []
     for g in groups:
         waves = [cache.get(paths[i], crop, nb_samp, row=i + 1) for i in g]
+        n_cut = 0
+        if full and cap is not None:
+            for i, w in zip(g, waves, strict=True):
+                if len(w) == cap and paths[i] in cache.truncated:
+                    n_cut += 1
+                    cut.append(paths[i])
         lens = torch.tensor([len(w) for w in waves], dtype=torch.long)
         T = int(lens.max())
         buf = np.zeros((len(g), T), dtype=np.float32)
@@ -168,6 +220,15 @@ def iter_batches(
             wave=torch.from_numpy(buf),
             labels=torch.tensor([labels[i] for i in g], dtype=torch.long),
             utt_ids=[ids[i] for i in g],
-            lengths=lens if crop == "full" else None,
-            meta={"rows": list(g), "crop": crop},
+            lengths=lens if full else None,
+            meta={"rows": list(g), "crop": crop, "n_truncated": n_cut},
         )
+    if cut:
+        import warnings
+
+        warnings.warn(
+            f"crop {crop!r}: {len(cut)} clip(s) longer than {cap / SAMPLE_RATE:g} s were cut to their first "
+            f"{cap / SAMPLE_RATE:g} s (first: {cut[0]}); choose the cap with --crop full:SECONDS",
+            stacklevel=2,
+        )
+
