@@ -35,7 +35,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 #: Run order (cheap first); any other ``bench_*.py`` found is run after these, alphabetically.
-ORDER = ("bench_manifest", "bench_scale", "bench_scoring", "bench_sweep", "bench_sharpness", "bench_train")
+ORDER = (
+    "bench_manifest", "bench_scale", "bench_scoring", "bench_forward", "bench_sweep", "bench_sharpness",
+    "bench_train",
+)  # fmt: skip
 TAIL_LINES = 60
 
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .devices import enable_hugepage_allocations
+
+enable_hugepage_allocations()  # before torch is first imported: large CPU tensors on huge pages (speed only)
+
 __version__ = "0.1.0"
 
 _API = {

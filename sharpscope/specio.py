@@ -150,11 +150,16 @@ def safe_name(value: Any, where: str) -> str:
 
 
 def check_device(device: Any, where: str = "--device") -> str:
-    """A torch device string that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    """A torch device string that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``); ``auto``
+    is resolved (:func:`sharpscope.devices.resolve_device`: CUDA when present, else CPU) and the resolved
+    string returned, so callers record the device actually used."""
     import torch
 
+    from .devices import resolve_device
+
     if not isinstance(device, str):
-        raise SharpscopeError(f"{where}: {device!r} is not a device; use cpu or cuda")
+        raise SharpscopeError(f"{where}: {device!r} is not a device; use cpu, cuda or auto")
+    device = resolve_device(device)
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):

@@ -262,8 +262,11 @@ class HtrgGraphAttentionLayer(nn.Module):
         hidden = _pair_hidden(x, self.att_proj)  # [B, N, N, D_out]
         weights = torch.cat([self.att_weight11, self.att_weight22, self.att_weight12], dim=1)  # [D_out, 3]
         all_scores = hidden @ weights  # [B, N, N, 3]
-        is_type2 = torch.arange(n1 + n2, device=x.device) >= n1
-        block = torch.where(is_type2[:, None] == is_type2[None, :], is_type2[:, None].long(), 2)
+        # 0 for type1-type1 pairs, 1 for type2-type2, 2 for mixed (built by slicing: torch.compile's inductor
+        # rejects the equivalent torch.where over booleans)
+        block = torch.full((n1 + n2, n1 + n2), 2, dtype=torch.long, device=x.device)
+        block[:n1, :n1] = 0
+        block[n1:, n1:] = 1
         scores = all_scores.gather(-1, block.expand(x.size(0), -1, -1).unsqueeze(-1)).squeeze(-1)
         att = torch.softmax(scores / self.temperature, dim=-1)
 
@@ -380,12 +383,20 @@ class AASIST(GraphBackEnd, nn.Module):
     :meth:`forward_with_hidden` also returns the 5 x ``gat_dims[1]`` readout (the official ``last_hidden``);
     :meth:`embed` returns only that.  ``arch`` and ``model_cfg`` rebuild the same network via
     :func:`sharpscope.models.registry.build_model`.
+
+    ``fast`` (default on) computes eval-mode passes through :mod:`sharpscope.models.fast` -- the same function
+    of the same parameters (BN folded per call, channels-last convolutions, pooling without indices when no
+    gradient is recorded), logits within 1e-4 of the reference-faithful path on the official weights and
+    gradients within 1e-4 relative.  ``fast=False`` (or setting ``model.fast = False``) runs the
+    reference-faithful forward; training mode always does.  It is not part of ``model_cfg``: it changes how
+    the numbers are computed, not the network.
     """
 
-    def __init__(self, cfg: AASISTConfig, arch: str = "aasist") -> None:
+    def __init__(self, cfg: AASISTConfig, arch: str = "aasist", fast: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
         self.arch = arch
+        self.fast = bool(fast)
         n_sinc = int(cfg.filts[0])
         blocks = [tuple(cfg.filts[i]) for i in (1, 2, 3, 4, 4, 4)]
         enc_dim = int(blocks[-1][1])
@@ -426,6 +437,10 @@ class AASIST(GraphBackEnd, nn.Module):
     def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(last_hidden [B, 5 * gat_dims[1]], logits [B, 2])`` -- the official forward's two outputs."""
         self._check_input(x)
+        if self.fast and not self.training:
+            from .fast import fast_forward_with_hidden
+
+            return fast_forward_with_hidden(self, x)
         h = self.conv_time(x).abs().unsqueeze(1)  # [B, 1, n_sinc, T']
         h = F.selu(self.first_bn(F.max_pool2d(h, kernel_size=POOL_STRIDE)))
         e = self.encoder(h).abs()  # [B, C, S, T]
@@ -460,7 +475,8 @@ def aasist_config(variant: str = "aasist", **overrides: Any) -> AASISTConfig:
     return replace(base, **{k: _to_tuples(v) for k, v in overrides.items()})
 
 
-def build_aasist(variant: str = "aasist", **overrides: Any) -> AASIST:
+def build_aasist(variant: str = "aasist", fast: bool = True, **overrides: Any) -> AASIST:
     """Build AASIST (``variant="aasist"``) or AASIST-L (``"aasist-l"``), optionally with config overrides
-    (e.g. ``filts=[12, [1, 4], [4, 4], [4, 8], [8, 8]], gat_dims=[8, 6]`` for a tiny test model)."""
-    return AASIST(aasist_config(variant, **overrides), arch=variant)
+    (e.g. ``filts=[12, [1, 4], [4, 4], [4, 8], [8, 8]], gat_dims=[8, 6]`` for a tiny test model);
+    ``fast=False`` selects the reference-faithful eval forward (see :class:`AASIST`)."""
+    return AASIST(aasist_config(variant, **overrides), arch=variant, fast=fast)

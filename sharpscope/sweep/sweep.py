@@ -43,6 +43,11 @@ def prepare(
     study = load_study(study_path)
     study.trust_checkpoint = bool(trust_checkpoint)
     cells, resolved = plan(study)
+    # -- budgeted study: the budget is part of every cell's key (budgeted rows never stand in for full ones)
+    if study.budget is not None:
+        for c in cells:
+            c.key = {**c.key, "budget": study.budget.as_dict()}
+    # -- end budgeted study --
     return study, cells, resolved, ResultStore(out)
 
 
@@ -158,4 +163,13 @@ def _run(study, cells, todo, resolved, store, root, executor, opts, on_done, on_
         },
     )
     atomic_write_json(root / "study.json", {**study.raw, "name": study.name})
+    # -- budgeted study: rounds over whole evaluation sets (sharpscope.sweep.budget) --
+    if study.budget is not None:
+        from .budget import run_budgeted
+
+        o = opts or ExecOptions()
+        ids = {c.cell_id for c in todo}
+        run_budgeted(study.budget, cells, ids, store, executor, o.num_threads, o.progress, on_done, on_start)
+        return
+    # -- end budgeted study --
     run_cells(todo, store, executor, opts, on_done=on_done, on_start=on_start)
