@@ -20,7 +20,8 @@ from sharpscope.errors import SharpscopeError
 from sharpscope.provenance import file_sha256
 from sharpscope.report import plots
 from sharpscope.report.html import build_report
-from sharpscope.report.tables import example_results, parse_curve, to_latex, to_markdown, write_table
+from sharpscope.report.tables import parse_curve, to_latex, to_markdown, write_table
+from tests.synthetic import example_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -212,7 +213,7 @@ def test_build_report_writes_self_contained_html_md_tex(tmp_path, df):
     assert len(imgs) == len(figs) >= 6
     for b64 in imgs:
         assert base64.b64decode(b64).startswith(PNG_MAGIC)
-    assert {f.name for f in figs} >= {"heatmap_kendall.png", "eer_by_method.png", "landscape_landscape.png"}
+    assert {f.name for f in figs} >= {"heatmap_spearman.png", "eer_by_method.png", "landscape_landscape.png"}
     assert all(f.with_suffix(".svg").is_file() for f in figs)
     assert all(p.name.isascii() for p in figs)
     # spec as YAML, provenance with the sha256 of the table
@@ -236,8 +237,14 @@ def test_report_minimal_table_three_by_three(tmp_path):
     bare = base.loc[keep, ["checkpoint", "testset", "in_domain", "measure", "rho", "value", "eer"]]
     index = build_report(bare, tmp_path / "rep", n_boot=20, figure_formats=("png",))
     html = index.read_text()
-    assert html.count("<img ") == 3  # heatmap, scatter, per-testset
+    assert html.count("<img ") == 4  # claims overview, heatmap, scatter, per-testset
     assert "Granulated" not in html
+    # the claims come first; (c)/(d) cannot be answered without training metadata, and say so
+    sections = re.findall(r'<section id="([^"]+)">', html)
+    assert sections[:2] == ["claims", "glance"]
+    claims = pd.read_csv(tmp_path / "rep" / "claims.csv")
+    assert len(claims) == 4
+    assert list(claims.loc[claims["claim"].str.startswith(("(c)", "(d)")), "verdict"]) == ["undecided"] * 2
 
 
 def test_report_rejects_non_results_tables(tmp_path):
@@ -272,3 +279,32 @@ def test_cli_report(tmp_path):
     assert not list((tmp_path / "reports" / "x" / "figures").glob("*.svg"))
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_one_legend_per_figure(df):
+    """Multi-panel figures carry exactly one legend, at figure level, never one inside a single panel."""
+    for fig in (
+        plots.scatter(df, measure="m-sharpness", rho=0.05, loss="weighted-ce"),
+        plots.eer_by_method(df),
+    ):
+        panels = [a for a in fig.axes if a.get_visible() and a.get_label() != "<colorbar>"]
+        assert len(fig.legends) + sum(a.get_legend() is not None for a in panels) == 1
+        if len(panels) > 1:
+            assert len(fig.legends) == 1
+        labels = [t.get_text() for t in (fig.legends or [panels[0].get_legend()])[0].get_texts()]
+        assert labels == sorted(set(df["meta_method"].astype(str)))
+
+
+def test_report_default_formats_and_folded_tables(tmp_path):
+    """Every figure also as SVG and PDF (for papers); long tables folded; the claims table first."""
+    base = example_results(n_ckpt=4, seed=2)
+    keep = (base.measure == "m-sharpness") & (base.rho == 0.05) & (base.subset == "all")
+    index = build_report(base[keep], tmp_path / "rep", n_boot=20)
+    figs = sorted((tmp_path / "rep" / "figures").glob("*.png"))
+    assert figs and all(f.with_suffix(".svg").is_file() and f.with_suffix(".pdf").is_file() for f in figs)
+    assert all(f.with_suffix(".pdf").read_bytes().startswith(b"%PDF") for f in figs)
+    html = index.read_text()
+    assert html.count("<details") >= 3
+    first_table = html.index("<table")
+    assert html.index('id="claims"') < first_table < html.index('id="overview"')
+    assert "Verdict rule" in html and (tmp_path / "rep" / "claims.md").is_file()

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,10 @@ figcaption{font-size:.85rem;color:#555}
 pre{background:#f5f5f7;padding:.8rem;overflow-x:auto;font-size:.8rem}
 .note{color:#8a5a00}.muted{color:#777;font-size:.85rem}
 .warn{background:#fff4e0;border-left:4px solid #e0a030;padding:.4rem .8rem}
+details{margin:.4rem 0 1rem}summary{cursor:pointer;color:#0b57d0}
+td.v-supported{color:#0a7a2f;font-weight:600}td.v-not-supported{color:#b3261e;font-weight:600}
+td.v-undecided{color:#6b6b6b;font-weight:600}
+.glance{display:flex;flex-wrap:wrap;gap:1rem}.glance figure{flex:1 1 460px;margin:.4rem 0}
 """
 
 
@@ -63,7 +68,7 @@ class _Figure:
 
 def _measure_keys(df: pd.DataFrame) -> list[tuple[str, float, str]]:
     """(measure, rho, loss) combinations present on the full-set rows, sorted."""
-    base, _ = stats._pick_subset(df, None)
+    base, _ = stats.pick_subset(df, None)
     cols = [c for c in ("measure", "rho", "loss") if c in base.columns]
     keys = base[cols].drop_duplicates()
     keys = keys.sort_values(cols, kind="mergesort", na_position="last")
@@ -118,6 +123,24 @@ def _html_table(df: pd.DataFrame, digits: int = 3) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _collapse(summary: str, inner: str, open_: bool = False) -> str:
+    """A long table folded under a one-line summary (the report's first screen stays readable)."""
+    attr = " open" if open_ else ""
+    return f"<details{attr}><summary>{html.escape(summary)}</summary>{inner}</details>"
+
+
+def _fig_html(fg: _Figure, vector: Sequence[str] = ()) -> str:
+    b64 = base64.b64encode(fg.png).decode()
+    links = " ".join(f'<a href="figures/{fg.name}.{f}">{f.upper()}</a>' for f in vector)
+    return (
+        f'<figure id="fig-{fg.name}">'
+        f'<img src="data:image/png;base64,{b64}" alt="{html.escape(fg.caption)}">'
+        f"<figcaption><b>{html.escape(fg.name)}</b>: {html.escape(fg.caption)}"
+        + (f' <span class="muted">({links})</span>' if links else "")
+        + "</figcaption></figure>"
+    )
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
@@ -167,7 +190,7 @@ def analyse(
     keys = _measure_keys(df)
     with_loss = len({k[2] for k in keys}) > 1
     out: dict[str, pd.DataFrame] = {}
-    base, _ = stats._pick_subset(df, None)
+    base, _ = stats.pick_subset(df, None)
     order = stats.testset_order(base)
     # EER per checkpoint x test set
     if "eer" in base.columns:
@@ -257,30 +280,37 @@ def _figures(
         _try_figure(
             figs,
             problems,
-            "heatmap_kendall",
-            f"Kendall τ-b of each measure with {y.upper()} per test set "
-            "(* Holm-adjusted p < 0.05 across test sets).",
+            "heatmap_spearman",
+            f"Spearman ρ of each measure with {y.upper()} across checkpoints, per test set and architecture "
+            "family (* Holm-adjusted p < 0.05 across test sets).",
             plots.heatmap,
             df,
             y=y,
-            method="kendall",
+            method="spearman",
             seed=seed,
         )
+    fam_col = "family" if "family" in df.columns else None
+    families = sorted(df[fam_col].dropna().astype(str).unique()) if fam_col else []
     for key in keys[:max_measures]:
         rows = _rows_of(df, key)
         label = _label(key, with_loss)
         slug = _slug(label)
-        _try_figure(
-            figs,
-            problems,
-            f"scatter_{slug}",
-            f"{label} vs {y.upper()} per test set.",
-            plots.scatter,
-            rows,
-            measure=key[0],
-            y=y,
-            seed=seed,
-        )
+        # one scatter per architecture family: sharpness scales differ between families
+        for fam in families if len(families) > 1 else [None]:
+            fr = rows if fam is None else rows[rows[fam_col].astype(str) == fam]
+            if fr.empty:
+                continue
+            _try_figure(
+                figs,
+                problems,
+                f"scatter_{slug}" + ("" if fam is None else f"_{_slug(fam)}"),
+                f"{label} vs {y.upper()} per test set" + ("" if fam is None else f" ({fam} family)") + ".",
+                plots.scatter,
+                fr,
+                measure=key[0],
+                y=y,
+                seed=seed,
+            )
         _try_figure(
             figs,
             problems,
@@ -369,10 +399,14 @@ def build_report(
     n_boot: int = 1000,
     seed: int = 0,
     max_measures: int = 8,
-    figure_formats: tuple[str, ...] = ("png", "svg"),
+    figure_formats: tuple[str, ...] = ("png", "svg", "pdf"),
 ) -> Path:
-    """Write ``out_dir/index.html`` (self-contained), ``report.md``, ``tables.tex``, ``tables/*.csv`` and
-    ``figures/*.{png,svg}``; return the path of ``index.html``.
+    """Write ``out_dir/index.html`` (self-contained), ``report.md``, ``tables.tex``, ``tables/*.csv``,
+    ``claims.csv`` / ``claims.md`` and ``figures/*.{png,svg,pdf}``; return the path of ``index.html``.
+
+    The report opens with the claims of the reference papers (:mod:`sharpscope.report.claims`: estimate, CI,
+    p, verdict) and an "at a glance" section (coefficient heatmap, scatter plots); long tables are folded
+    (``<details>``).
 
     ``spec`` (the study spec as a dict) is shown as YAML.  Analyses that do not apply to the table (no
     ``meta_`` columns, no in-domain set, no cumulative subsets, no landscape curves) are skipped, and
@@ -413,8 +447,9 @@ def build_report(
     for name, t in tables.items():
         t.to_csv(out / "tables" / f"{name}.csv", index=False)
 
-    sections = _sections(df, tables, figs, problems, spec, source, source_sha, y)
+    sections = _sections(df, tables, figs, problems, spec, source, source_sha, y, vector)
     _add_selection_section(sections, df, out, n_boot=n_boot, seed=seed, vector=vector)
+    _add_claims_section(sections, df, out, seed=seed, vector=vector)
     index = out / "index.html"
     index.write_text(_render_html(title, sections), encoding="utf-8")
     (out / "report.md").write_text(_render_md(title, sections), encoding="utf-8")
@@ -448,8 +483,21 @@ def _confound_section(df: pd.DataFrame) -> _Section:
     return s
 
 
-def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_Section]:
+def _sections(df, tables, figs, problems, spec, source, source_sha, y, vector=()) -> list[_Section]:
     secs: list[_Section] = []
+    # at a glance: the coefficient heatmap and the scatter plots, before any table
+    glance_names = [f.name for f in figs if f.name.startswith(("heatmap_", "scatter_"))]
+    if glance_names:
+        s = _Section("glance", "At a glance")
+        items = "".join(_fig_html(f, vector) for f in figs if f.name in glance_names)
+        s.html.append(f'<div class="glance">{items}</div>')
+        s.md.extend(
+            f"![{f.caption}](figures/{f.name}.png)\n\n*{f.name}*: {f.caption}\n"
+            for f in figs
+            if f.name in glance_names
+        )
+        secs.append(s)
+        figs = [f for f in figs if f.name not in glance_names]
     # overview
     s = _Section("overview", "Overview")
     n_ck = df["checkpoint"].nunique()
@@ -465,7 +513,8 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
         s.html.append("<h3>Test sets (ordered by shift)</h3>" + _html_table(tables["shift"]))
         s.md.append("### Test sets (ordered by shift)\n\n" + to_markdown(tables["shift"]))
     if "eer" in tables:
-        s.html.append("<h3>EER per checkpoint</h3>" + _html_table(tables["eer"]))
+        n = len(tables["eer"])
+        s.html.append(_collapse(f"EER per checkpoint ({n} rows)", _html_table(tables["eer"])))
         s.md.append("### EER per checkpoint\n\n" + to_markdown(tables["eer"]))
     secs.append(s)
     secs.append(_confound_section(df))
@@ -478,7 +527,12 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
             "was obtained; p_holm / p_bh: Holm and Benjamini–Hochberg across the test sets of one measure "
             "and method."
         )
-        s.html.append(f'<p class="muted">{html.escape(expl)}</p>' + _html_table(c))
+        s.html.append(
+            f'<p class="muted">{html.escape(expl)}</p>'
+            + _collapse(
+                f"All coefficients ({len(c)} rows; the heatmap above shows them at a glance)", _html_table(c)
+            )
+        )
         s.md.append(expl + "\n\n" + to_markdown(c))
         secs.append(s)
     if "granulated_kendall" in tables:
@@ -486,7 +540,7 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
         g = tables["granulated_kendall"][
             ["measure", "testset", "hyperparam", "coef", "n_groups", "n", "note"]
         ]
-        s.html.append(_html_table(g))
+        s.html.append(_collapse(f"{len(g)} rows", _html_table(g)))
         s.md.append(to_markdown(g))
         secs.append(s)
     if "partial" in tables:
@@ -494,7 +548,7 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
         p = tables["partial"][
             ["measure", "testset", "method", "control", "n", "coef", "p", "p_holm", "p_bh", "note"]
         ]
-        s.html.append(_html_table(p))
+        s.html.append(_collapse(f"{len(p)} rows", _html_table(p)))
         s.md.append(to_markdown(p))
         secs.append(s)
     if "domain_shift" in tables:
@@ -515,18 +569,13 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
             "note",
         ]
         d = tables["domain_shift"][cols]
-        s.html.append(_html_table(d))
+        s.html.append(_collapse(f"{len(d)} rows", _html_table(d)))
         s.md.append(to_markdown(d))
         secs.append(s)
     # figures
-    s = _Section("figures", "Figures")
+    s = _Section("figures", "More figures")
     for fg in figs:
-        b64 = base64.b64encode(fg.png).decode()
-        s.html.append(
-            f'<figure id="fig-{fg.name}">'
-            f'<img src="data:image/png;base64,{b64}" alt="{html.escape(fg.caption)}">'
-            f"<figcaption><b>{html.escape(fg.name)}</b>: {html.escape(fg.caption)}</figcaption></figure>"
-        )
+        s.html.append(_fig_html(fg, vector))
         s.md.append(f"![{fg.caption}](figures/{fg.name}.png)\n\n*{fg.name}*: {fg.caption}\n")
     if not figs:
         s.html.append("<p>No figure could be drawn from this table.</p>")
@@ -540,7 +589,7 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
     s = _Section("spec", "Study spec")
     if spec:
         text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
-        s.html.append(f"<pre>{html.escape(text)}</pre>")
+        s.html.append(_collapse("the study spec as run (YAML)", f"<pre>{html.escape(text)}</pre>"))
         s.md.append(f"```yaml\n{text}```\n")
     else:
         s.html.append("<p>No study spec was given.</p>")
@@ -548,7 +597,7 @@ def _sections(df, tables, figs, problems, spec, source, source_sha, y) -> list[_
     secs.append(s)
     s = _Section("provenance", "Provenance")
     prov = _provenance(df, source, source_sha)
-    s.html.append(_html_table(prov))
+    s.html.append(_collapse(f"{len(prov)} items", _html_table(prov)))
     s.md.append(to_markdown(prov))
     secs.append(s)
     return secs
@@ -570,9 +619,10 @@ def _add_selection_section(
         why = str(exc)
     label_free = ("sharpness", "prediction", "shift")
     if res is not None and not res.lodo.empty and not res.lodo["kind"].isin(label_free).any():
-        res, why = None, (
-            "no label-free criterion on the target test sets (needs the lf_* columns of a current sweep or "
-            "sharpness rows with loss kl-to-clean)"
+        res = None
+        why = (
+            "no label-free criterion on the target test sets (needs the lf_* columns of a current sweep "
+            "or sharpness rows with loss kl-to-clean)"
         )
     if res is None or res.lodo.empty:
         s.html.append(f'<p class="note">Not available for this table: {html.escape(why)}</p>')
@@ -594,10 +644,12 @@ def _add_selection_section(
         res.lodo_summary.to_csv(out / "tables" / "selection_summary.csv", index=False)
         s.html.append(f'<p class="muted">{html.escape(expl)}</p>')
         s.md.append(expl + "\n")
-        s.html.append("<h3>Regret per criterion and held-out domain (EER pp)</h3>" + _html_table(wide))
-        s.md.append("### Regret per criterion and held-out domain (EER pp)\n\n" + to_markdown(wide))
         s.html.append("<h3>Mean over held-out domains</h3>" + _html_table(summ))
         s.md.append("### Mean over held-out domains\n\n" + to_markdown(summ))
+        s.html.append(
+            _collapse("Regret per criterion and held-out domain (EER pp, with CIs)", _html_table(wide))
+        )
+        s.md.append("### Regret per criterion and held-out domain (EER pp)\n\n" + to_markdown(wide))
         try:
             fig = plots.selection_regret(res.lodo)
         except SharpscopeError as exc:
@@ -618,8 +670,91 @@ def _add_selection_section(
             items = "".join(f'<li class="note">{html.escape(n)}</li>' for n in res.notes)
             s.html.append(f"<ul>{items}</ul>")
             s.md.extend(f"- {n}" for n in res.notes)
-    at = next((i for i, x in enumerate(sections) if x.key == "figures"), len(sections))
+    at = next((i + 1 for i, x in enumerate(sections) if x.key == "glance"), None)
+    if at is None:
+        at = next((i for i, x in enumerate(sections) if x.key == "figures"), len(sections))
     sections.insert(at, s)
+
+
+def _verdict_table(disp: pd.DataFrame) -> str:
+    """The claims table with the verdict cell coloured (supported / not supported / undecided)."""
+    head = "".join(f'<th class="t">{html.escape(str(c))}</th>' for c in disp.columns)
+    body = []
+    for row in disp.itertuples(index=False):
+        cells = []
+        for c, v in zip(disp.columns, row, strict=True):
+            cls = f"v-{str(v).replace(' ', '-')}" if c == "verdict" else "t"
+            cells.append(f'<td class="{cls}">{html.escape(str(v))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _add_claims_section(
+    sections: list[_Section], df: pd.DataFrame, out: Path, *, seed: int, vector: list[str]
+) -> None:
+    """The first section: each claim of the reference papers with the study's estimate, 95 % CI, p-value and
+    verdict (computed by :func:`sharpscope.report.claims.compute_claims`, never written by hand), the headline
+    figure of the data behind them, and the EER CI half-width per test set.  Also writes ``claims.csv``,
+    ``claims.md``, ``tables/claims_details.csv`` and ``tables/eer_ci.csv``."""
+    from . import claims as cl
+
+    s = _Section("claims", "Claims of the reference papers")
+    try:
+        res = cl.compute_claims(df, seed=seed)
+    except SharpscopeError as exc:
+        s.html.append(f'<p class="note">Not available for this table: {html.escape(str(exc))}</p>')
+        s.md.append(f"Not available for this table: {exc}\n")
+        sections.insert(0, s)
+        return
+    res.table.to_csv(out / "claims.csv", index=False)
+    (out / "claims.md").write_text(cl.claims_markdown(res), encoding="utf-8")
+    res.details.to_csv(out / "tables" / "claims_details.csv", index=False)
+    res.eer_ci.to_csv(out / "tables" / "eer_ci.csv", index=False)
+    disp = cl.display_table(res.table)
+    st = res.settings
+    intro = (
+        f"Computed from this results table: {st['measure']} ρ={st['rho']} ({st['loss']}); in-domain set "
+        f"{st['in_domain']}, out-of-domain sets {', '.join(st['out_of_domain'])}; {st['n_boot']} bootstrap "
+        f"resamples, seed {st['seed']}. Estimates: (a) sharpness difference, (b) Spearman ρ, (c)/(d) EER "
+        "difference in percentage points (treated − control)."
+    )
+    s.html.append(f'<p class="muted">{html.escape(intro)}</p>' + _verdict_table(disp))
+    s.html.append(f'<p class="muted">Verdict rule: {html.escape(cl.VERDICT_RULE)}.</p>')
+    s.md.append(intro + "\n\n" + cl.claims_markdown(res))
+    try:
+        fig = plots.claims_overview(res.points, res.table)
+    except SharpscopeError as exc:
+        res.notes.append(f"figure claims_overview: {exc}")
+    else:
+        fg = _Figure(
+            "claims_overview",
+            "The data behind each claim: (a) sharpness in-domain vs shifted per checkpoint (black: median), "
+            "(b) sharpness vs EER per checkpoint, (c)/(d) matched pairs, control → treated.",
+            fig,
+            _png(fig),
+        )
+        (out / "figures" / "claims_overview.png").write_bytes(fg.png)
+        if vector:
+            save_figure(fig, out / "figures" / "claims_overview", vector)
+        s.html.append(_fig_html(fg, vector))
+        s.md.append(f"![{fg.caption}](figures/claims_overview.png)\n")
+    units = "".join(
+        f"<li>{html.escape(r.claim)} — unit: {html.escape(r.unit)}; {html.escape(r.test)}, CI: "
+        f"{html.escape(r.ci_method or '–')}. {html.escape(r.note)}</li>"
+        for r in res.table.itertuples()
+    )
+    notes = "".join(f'<li class="note">{html.escape(n)}</li>' for n in res.notes)
+    s.html.append(_collapse("How each estimate is computed", f"<ul>{units}{notes}</ul>"))
+    if not res.eer_ci.empty:
+        s.html.append(
+            "<h3>EER 95 % CI half-width per test set (percentage points)</h3>" + _html_table(res.eer_ci, 2)
+        )
+        s.md.append("### EER 95 % CI half-width per test set (pp)\n\n" + to_markdown(res.eer_ci))
+    if not res.details.empty:
+        s.html.append(
+            _collapse(f"Per test set and per pair ({len(res.details)} rows)", _html_table(res.details))
+        )
+    sections.insert(0, s)
 
 
 def _render_html(title: str, sections: list[_Section]) -> str:

@@ -17,6 +17,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import matplotlib
 
@@ -135,6 +136,28 @@ def _legend(ax: Axes, style: dict, **kw) -> None:
             ax.legend(uniq.values(), uniq.keys(), frameon=False, **kw)
 
 
+def _fig_legend(fig: Figure, axes: list[Axes], ax_given: Axes | None, style: dict, **kw) -> None:
+    """One legend per figure: the entries of every panel, de-duplicated, drawn once outside the panels (a
+    legend in one panel only reads as if it belonged to that panel).  On the caller's axes, or with a single
+    panel, it stays an axes legend."""
+    if not style.get("legend", True):
+        return
+    entries: dict[str, Any] = {}
+    for a in dict.fromkeys(axes):
+        for h, lab in zip(*a.get_legend_handles_labels(), strict=True):
+            if lab and not lab.startswith("_"):
+                entries.setdefault(lab, h)
+    if not entries:
+        return
+    labels = sorted(entries)
+    handles = [entries[k] for k in labels]
+    if ax_given is not None or len(set(axes)) == 1:
+        axes[0].legend(handles, labels, frameon=False, **kw)
+        return
+    kw.pop("loc", None)
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, **kw)
+
+
 # ---- sharpness vs EER scatter ------------------------------------------------------------------------------
 
 
@@ -193,7 +216,7 @@ def scatter(
             a.set_xlabel(_label(measure, sel.rho) + (f" on {x_testset}" if x_testset else ""))
             a.set_ylabel(y.upper() if y in ("eer", "eer_gap") else y)
         if hue_col:
-            _legend(axes[-1], style, loc="best")
+            _fig_legend(fig, axes, ax, style, loc="best")
     return _finish(fig, axes, style)
 
 
@@ -210,7 +233,7 @@ def correlation_matrix(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Correlation rows for every (measure, rho, loss) in the table (no bootstrap), for the heatmap."""
-    base, _ = stats._pick_subset(df, subset)
+    base, _ = stats.pick_subset(df, subset)
     keys = base[["measure", "rho", "loss"]].drop_duplicates() if "loss" in base else base[["measure", "rho"]]
     keys = keys.sort_values(list(keys.columns), kind="mergesort", na_position="last")
     losses = base["loss"].nunique() if "loss" in base else 1
@@ -230,7 +253,11 @@ def correlation_matrix(
         sub = base[sel]
         res = stats.correlate(sub, m, y, methods=[method], n_boot=0, seed=seed, dropna=True)
         label = _label(m, key.rho) + (f" [{key.loss}]" if losses > 1 else "")
-        parts.append(res.assign(label=label))
+        if "family" in res.columns and res["family"].nunique() > 1:  # one row per family, never pooled
+            res = res.assign(label=[f"{label} · {f}" for f in res["family"].astype(str)])
+        else:
+            res = res.assign(label=label)
+        parts.append(res)
     if not parts:
         raise SharpscopeError(f"heatmap: none of the measures {list(measures or [])} is in the table")
     return pd.concat(parts, ignore_index=True)
@@ -328,7 +355,7 @@ def _ci(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def _measure_rows(df, measure, rho, loss, subset) -> tuple[pd.DataFrame, stats.Selection]:
     _, sel = stats.paired_table(df, measure, measure, rho=rho, loss=loss, subset=subset, dropna=True)
-    base, _ = stats._pick_subset(df, subset)
+    base, _ = stats.pick_subset(df, subset)
     rows = base[base["measure"].astype(str) == measure]
     if "rho" in rows and not (isinstance(sel.rho, float) and math.isnan(sel.rho)) and sel.rho is not None:
         rows = rows[np.isclose(rows["rho"].astype(float), float(sel.rho), rtol=1e-9, atol=0)]
@@ -440,8 +467,8 @@ def cumulative(
         raise SharpscopeError(
             f"cumulative: several subset studies ({opts}); pick one with testset= and name="
         )
-    steps, level = stats._pick_level(steps, "rho", rho, f"measure {measure!r}")
-    steps, _ = stats._pick_level(steps, "loss", loss, f"measure {measure!r}")
+    steps, level = stats.pick_level(steps, "rho", rho, f"measure {measure!r}")
+    steps, _ = stats.pick_level(steps, "loss", loss, f"measure {measure!r}")
     steps = (
         steps.groupby(["checkpoint", "_k"], sort=True)
         .agg(value=("value", "mean"), yv=(y, "first"))
@@ -526,7 +553,7 @@ def landscape(
                 a.set_title(name)
             a.set_xlabel("step along direction (α)")
             a.set_ylabel("loss")
-        _legend(axes[0], style)
+        _fig_legend(fig, axes, ax, style)
     return _finish(fig, axes, style)
 
 
@@ -549,7 +576,7 @@ def eer_by_method(
     for c in (method_col, metric, "checkpoint", "testset"):
         if c not in df.columns:
             raise SharpscopeError(f"eer_by_method: the table has no {c!r} column")
-    base, _ = stats._pick_subset(df, subset)
+    base, _ = stats.pick_subset(df, subset)
     per = base.groupby(["checkpoint", "testset"], sort=True).agg(m=(metric, "first"), g=(method_col, "first"))
     per = per.reset_index()
     names = [t for t in stats.testset_order(base) if t in set(per["testset"])]
@@ -585,7 +612,7 @@ def eer_by_method(
             )
         a.set_xticks(range(len(names)), names, rotation=20, ha="right")
         a.set_ylabel(metric.upper() if metric == "eer" else metric)
-        _legend(a, style, title=method_col.removeprefix("meta_"))
+        _fig_legend(fig, axes, ax, style, title=method_col.removeprefix("meta_"))
     return _finish(fig, axes, style)
 
 
@@ -648,5 +675,74 @@ def selection_regret(lodo: pd.DataFrame, ax: Axes | None = None, **style) -> Fig
             a.invert_yaxis()
             a.set_xlabel("regret (EER pp)")
             a.set_title(dom if len({p[0] for p in panels}) == 1 else f"{dom} ({fam})")
-            _legend(a, style, loc="best")
+        _fig_legend(fig, axes, ax, style, loc="best")
+    return _finish(fig, axes, style)
+
+
+# ---- claims of the reference papers (headline figure) ------------------------------------------------------
+
+
+def claims_overview(points: dict[str, pd.DataFrame], table: pd.DataFrame, **style) -> Figure:
+    """The data behind each claim of :mod:`sharpscope.report.claims`, one panel per claim: (a) sharpness
+    in-domain vs shifted per checkpoint (one line each), (b) mean out-of-domain sharpness vs EER per
+    checkpoint, (c)/(d) mean out-of-domain EER of each matched pair (control → treated).  Panel titles carry
+    the verdict; one legend for the figure (training method)."""
+    _check_style(style)
+    keys = [k for k in ("a", "b", "c", "d") if k in points and len(points[k])]
+    if not keys:
+        raise SharpscopeError("claims_overview: no claim has data to draw")
+    verdicts = {str(c)[1]: v for c, v in zip(table["claim"], table["verdict"], strict=True)}
+    methods = set()
+    if "b" in points:
+        methods |= set(points["b"]["method"].astype(str))
+    for k in ("c", "d"):
+        if k in points:
+            methods |= set(points[k]["treated_method"].astype(str)) | set(
+                points[k]["control_method"].astype(str)
+            )
+    colors = _colors(sorted(methods) or ["all"], style.get("palette"))
+    with _rc(style):
+        fig, axes = _figure(None, len(keys), style, panel_size=(2.9, 2.6), ncols_max=4)
+        for a, k in zip(axes, keys, strict=True):
+            p = points[k]
+            if k == "a":
+                for _, r in p.iterrows():
+                    a.plot([0, 1], [r["in_domain"], r["shifted"]], color="0.55", lw=0.8, marker="o", ms=3)
+                a.plot([0, 1], [p["in_domain"].median(), p["shifted"].median()], color="black", lw=2)
+                a.set_xticks([0, 1], ["in-domain", "shifted\n(mean)"])
+                a.set_xlim(-0.3, 1.3)
+                a.set_ylabel("sharpness")
+            elif k == "b":
+                for m, g in p.groupby(p["method"].astype(str), sort=True):
+                    a.scatter(
+                        g["sharpness"], 100 * g["eer"], s=18, color=colors[m], label=m, edgecolors="none"
+                    )
+                a.set_xlabel("sharpness (mean out-of-domain)")
+                a.set_ylabel("EER % (mean out-of-domain)")
+            else:
+                for _, r in p.iterrows():
+                    a.plot([0, 1], [r["eer_control"], r["eer_treated"]], color="0.6", lw=0.8, zorder=1)
+                    a.scatter(
+                        [0],
+                        [r["eer_control"]],
+                        s=16,
+                        color=colors[str(r["control_method"])],
+                        label=str(r["control_method"]),
+                        zorder=2,
+                    )
+                    a.scatter(
+                        [1],
+                        [r["eer_treated"]],
+                        s=16,
+                        color=colors[str(r["treated_method"])],
+                        label=str(r["treated_method"]),
+                        zorder=2,
+                    )
+                ctrl = "ERM" if k == "c" else "full FT"
+                trt = "SAM/ASAM" if k == "c" else "LoRA+MLDG"
+                a.set_xticks([0, 1], [ctrl, trt])
+                a.set_xlim(-0.3, 1.3)
+                a.set_ylabel("EER % (mean out-of-domain)")
+            a.set_title(f"({k}) {verdicts.get(k, '')}", fontsize="medium")
+        _fig_legend(fig, axes, None, style)
     return _finish(fig, axes, style)
