@@ -230,7 +230,11 @@ def score_cmd(
     arch: str = typer.Option(..., "--arch", help="aasist | aasist-l | ssl-aasist | ssl-linear"),
     out: Path = typer.Option(..., "--out", help="Output directory (scores.csv, metrics.json)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Utterances per forward pass."),
-    crop: str = typer.Option("first", "--crop", help="first (64,600 samples, tiled) | full (whole clips)."),
+    crop: str = typer.Option(
+        "first",
+        "--crop",
+        help="first (64,600 samples, tiled) | full (whole clips, cut at 60 s) | full:SECONDS | full:none.",
+    ),
     score: str = typer.Option(
         "bonafide-logit",
         "--score-type",
@@ -257,7 +261,9 @@ def score_cmd(
     model_config: Path | None = typer.Option(
         None, "--model-config", help="JSON/YAML file of model-builder arguments."
     ),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    device: str = typer.Option(
+        "cpu", "--device", help="Torch device: cpu, cuda, cuda:N or auto (CUDA when present)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence interval."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the EER CI (0 = none)."),
 ) -> None:
@@ -267,7 +273,7 @@ def score_cmd(
     from .scoring import read_model_config, run_score
     from .specio import check_device
 
-    check_device(device)
+    device = check_device(device)  # resolves 'auto'
     model_cfg = read_model_config(model_config)
     known = ["scores.csv", "metrics.json", "calibration_dev_scores.csv"]
     known += [default_filename(f) for f in FORMATS]
@@ -379,10 +385,17 @@ def sharpness_cmd(
     ci_width: float | None = typer.Option(
         None, "--ci-width", help="Stop at this relative 95% CI half-width."
     ),
+    micro_batch: int | None = typer.Option(None, "--micro-batch", help="k utterances per pass (exact)."),
     seed: int = typer.Option(0, "--seed", help="Seed of noise, random starts, batch order and bootstrap."),
-    crop: str = typer.Option("first", "--crop", help="first (64,600 samples, tiled) | full (whole clips)."),
+    crop: str = typer.Option(
+        "first",
+        "--crop",
+        help="first (64,600 samples, tiled) | full (whole clips, cut at 60 s) | full:SECONDS | full:none.",
+    ),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 (autocast)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    device: str = typer.Option(
+        "cpu", "--device", help="Torch device: cpu, cuda, cuda:N or auto (CUDA when present)."
+    ),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint", help="Allow pickled (non-weights-only) checkpoints you trust."
     ),
@@ -393,24 +406,19 @@ def sharpness_cmd(
     """Sharpness of a checkpoint on a manifest; the same pass gives the scores and EER."""
     from .fileio import staged_output
     from .scoring import read_model_config
-    from .sharpness.registry import measure_settings
-    from .sharpness.runner import run_sharpness
+    from .sharpness.runner import estimator_settings, run_sharpness
     from .specio import check_device, check_scope
 
-    check_device(device)
+    device = check_device(device)  # resolves 'auto'
     if scope is not None:
         check_scope(scope)
 
     given = {
         "rho": rho, "adaptive": adaptive, "norm": norm, "steps": steps, "samples": samples, "scope": scope,
         "per_layer": per_layer, "budget": budget, "ci_width": ci_width, "precision": precision,
-        "nonfinite": nonfinite,
+        "nonfinite": nonfinite, "micro_batch": micro_batch,
     }  # fmt: skip
-    settings = {k: v for k, v in given.items() if v is not None}
-    if "seed" in measure_settings(measure):
-        settings["seed"] = seed
-    if "nonfinite" not in measure_settings(measure):  # landscape keeps every grid point, finite or not
-        settings.pop("nonfinite")
+    settings = estimator_settings(measure, given, seed)
     model_cfg = read_model_config(model_config)
     with staged_output(out, "sharpness", stale=["sharpness.json", "scores.csv", "metrics.json"]) as stage:
         doc = run_sharpness(
@@ -464,21 +472,19 @@ def sweep(
     ),
 ) -> None:
     """Sharpness sweep: checkpoints x test sets x measures, resumable; writes OUT/results.parquet + .csv."""
-    import torch
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from .sweep.executors import EXECUTORS, ExecOptions
+    from .executors import EXECUTORS, ExecOptions, task_threads
     from .sweep.sweep import run_sweep
 
     if executor not in EXECUTORS:
         raise SharpscopeError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     console = Console()
-    n_threads = threads or (torch.get_num_threads() if executor == "local" else 1)
     opts = ExecOptions(
         workers=workers,
-        num_threads=n_threads,
+        num_threads=task_threads(executor, threads),
         ray_address=ray_address,
         slurm_cluster=slurm_cluster,
         slurm_partition=slurm_partition,
@@ -530,6 +536,7 @@ def sweep(
         raise
     finally:
         prog.stop()
+    assert res.merge is not None  # set by every run that is not a dry run
     console.print(
         f"{res.ran} cells computed, {res.skipped} reused; {res.merge.n_rows} rows -> "
         f"{out / 'results.parquet'} and {out / 'results.csv'}"
@@ -602,7 +609,7 @@ def correlate_cmd(
             raise SharpscopeError(f"--out {out} is a folder; pass a file name (.csv, .md, .tex or a stem)")
         check_writable_dir(out.parent)
     df = load_results(results)
-    common = dict(rho=rho, loss=loss, subset=subset, x_testset=x_testset, dropna=drop_nan)
+    common: dict[str, Any] = dict(rho=rho, loss=loss, subset=subset, x_testset=x_testset, dropna=drop_nan)
     scopes, methods = _csv_list(by), _csv_list(method)
     table = stats.correlate(
         df, x, y, by=scopes, methods=methods, pvalue=pvalue, n_boot=n_boot, seed=seed,
@@ -855,8 +862,8 @@ def zoo(
     slurm_cluster: str = typer.Option("slurm", help="submitit cluster: slurm, or local."),
 ) -> None:
     """Train a checkpoint zoo (method x rho x lr x seed x LoRA rank ...); finished runs are reused."""
+    from .executors import EXECUTORS, ExecOptions
     from .fileio import check_writable_dir
-    from .sweep.executors import EXECUTORS, ExecOptions
     from .train.zoo import run_zoo
 
     if executor not in EXECUTORS:
@@ -892,38 +899,64 @@ def demo(
 
     from rich.table import Table
 
-    from .data.demo_corpus import CorpusConfig
+    from .data.demo_corpus import corpus_config
     from .demo import run_demo
 
     console = Console()
     t0 = time.perf_counter()
-    cfg = CorpusConfig(n_train=16, n_dev=8, n_test=12) if small else CorpusConfig()
+    cfg = corpus_config(small=small)
     res = run_demo(out, report, corpus=cfg, say=lambda m: console.print(m, markup=False, highlight=False))
     if res.summary is not None and not res.summary.empty:
-        t = Table(title="demo: mean over checkpoints per domain (m-sharpness rho=0.05, weighted CE)")
-        for col in ("domain", "EER %", "m-sharpness", "checkpoints"):
+        t = Table(title="demo: mean over checkpoints per family and domain (m-sharpness ρ=0.05, weighted CE)")
+        for col in ("family", "domain", "EER %", "m-sharpness", "checkpoints"):
             t.add_column(col)
         for _, r in res.summary.iterrows():
             t.add_row(
+                str(r["family"]),
                 str(r["testset"]),
                 f"{100 * r['eer_mean']:.1f}",
                 f"{r['sharpness_mean']:.4f}",
                 str(r["n_checkpoints"]),
             )
         console.print(t)
-    if res.correlations is not None and not res.correlations.empty:
-        t = Table(title="sharpness vs EER across checkpoints, per domain")
-        for col in ("domain", "method", "coef", "p", "n"):
+    if res.eer_ci is not None and not res.eer_ci.empty:
+        t = Table(title="EER 95 % bootstrap CI half-width per test set (percentage points, over checkpoints)")
+        for col in ("test set", "checkpoints", "mean EER %", "median half-width", "max half-width"):
             t.add_column(col)
-        for _, r in res.correlations.iterrows():
+        for _, r in res.eer_ci.iterrows():
             t.add_row(
-                str(r.get("testset")),
-                str(r.get("method")),
-                f"{r.get('coef', float('nan')):.3f}",
-                f"{r.get('p', float('nan')):.3g}",
-                str(r.get("n")),
+                str(r["testset"]),
+                str(r["n_checkpoints"]),
+                f"{r['eer_mean_pct']:.1f}",
+                f"{r['halfwidth_median_pp']:.1f}",
+                f"{r['halfwidth_max_pp']:.1f}",
             )
         console.print(t)
+    if res.selection is not None and not res.selection.empty:
+        from .select import compact_scores
+
+        summ = compact_scores(res.selection, (1, 3), by_domain=False)
+        t = Table(title="checkpoint selection, leave-one-domain-out (mean over held-out domains, 95 % CI)")
+        want = ("family", "criterion", "n_domains", "regret (EER pp)", "hit@1", "spearman")
+        cols = [c for c in want if c in summ]
+        for col in cols:
+            t.add_column(col)
+        for _, r in summ.iterrows():
+            t.add_row(*(str(r[c]) for c in cols))
+        console.print(t)
+    if res.claims is not None and not res.claims.empty:
+        from .report.claims import VERDICT_RULE, display_table
+
+        disp = display_table(res.claims)
+        t = Table(title="claims of the reference papers (computed; see the report's first section)")
+        for col in disp.columns:
+            t.add_column(col)
+        for r in disp.itertuples(index=False):
+            t.add_row(*(str(v) for v in r))
+        console.print(t)
+        console.print(f"verdict rule: {VERDICT_RULE}", markup=False, highlight=False)
+    for n in res.notes:
+        console.print(f"note: {n}", markup=False, highlight=False)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items())
     console.print(f"done in {time.perf_counter() - t0:.0f} s ({timing}); report: {res.report}")
 
@@ -936,10 +969,9 @@ def demo_corpus(
     small: bool = typer.Option(False, "--small", help="A reduced corpus."),
 ) -> None:
     """Generate the demo corpus only (deterministic; manifests in OUT/manifests)."""
-    from .data.demo_corpus import CorpusConfig, build_demo_corpus
+    from .data.demo_corpus import build_demo_corpus, corpus_config
 
-    cfg = CorpusConfig(seed=seed, n_train=16, n_dev=8, n_test=12) if small else CorpusConfig(seed=seed)
-    paths = build_demo_corpus(out, cfg)
+    paths = build_demo_corpus(out, corpus_config(small=small, seed=seed))
     for name, p in paths.items():
         Console().print(f"{name}: {p}")
 
@@ -949,4 +981,5 @@ def main() -> None:  # pragma: no cover - entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
+    sys.exit()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from .errors import OutputError, SharpscopeError
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path``; the temporary file never survives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,41 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_csv(path: str | Path, df: Any, **to_csv: Any) -> None:
+    """``df.to_csv(path, **to_csv)`` through :func:`atomic_write` (same bytes, never half a file)."""
+    atomic_write(path, lambda tmp: df.to_csv(tmp, **to_csv))
+
+
+#: Tensors larger than this are written as ``<tensor (shape)>`` by :func:`jsonable` (a sidecar records
+#: configs, not weights).
+JSONABLE_MAX_TENSOR = 64
+
+
+def jsonable(obj: Any, *, finite: bool = False) -> Any:
+    """A JSON-safe copy of ``obj``: the one converter every sharpscope JSON writer uses.
+
+    Mappings become dicts with string keys, tuples lists; numpy scalars/arrays and small tensors their
+    ``tolist()``; tensors with more than :data:`JSONABLE_MAX_TENSOR` elements ``<tensor (shape)>``; anything
+    else its ``str``.  ``finite=True`` writes NaN/inf as ``null`` (strict JSON, as ``sharpness.json`` and
+    ``metrics.json`` of ``sharpscope sharpness`` are); otherwise floats are kept and ``json.dumps`` writes
+    ``NaN``/``Infinity`` as Python does.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v, finite=finite) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v, finite=finite) for v in obj]
+    if isinstance(obj, float):
+        return None if finite and not math.isfinite(obj) else float(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    numel = getattr(obj, "numel", None)  # torch tensors (fileio does not import torch)
+    if callable(numel) and numel() > JSONABLE_MAX_TENSOR:
+        return f"<tensor {tuple(obj.shape)}>"
+    if hasattr(obj, "tolist"):  # numpy scalars/arrays, small tensors
+        return jsonable(obj.tolist(), finite=finite)
+    return str(obj)
 
 
 def json_default(o: Any) -> Any:

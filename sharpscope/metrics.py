@@ -335,7 +335,7 @@ def evaluate(
         if col == "attack":
             for k in sorted(set(keys[is_spoof])):
                 sel = is_spoof & (keys == k)
-                e = compute_eer(bona, scores[sel])[0]
+                e: float | None = compute_eer(bona, scores[sel])[0]
                 table[k] = {"eer": e, "n_bonafide": n_bona, "n_spoof": int(sel.sum())}
         else:
             for k in sorted(set(keys)):

@@ -3,8 +3,11 @@
 Layers, lowest first:
 
 * :func:`forward_batches` -- the one clean forward pass: model in eval mode under ``torch.inference_mode``,
-  yields ``(batch, logits)`` and refuses NaN/inf logits.  Sharpness code reuses it (via ``collect`` of
-  :func:`score_manifest`) to get scores and clean losses from a single pass.
+  yields ``(batch, logits)`` and (by default) refuses NaN/inf logits.  Logits are read by the one reader,
+  :func:`sharpscope.models.outputs.forward_logits` (declared output layout, exact-length groups).  Used by
+  :func:`score_manifest`, by :func:`sharpscope.sharpness.runner.score_and_sharpness` for estimators without a
+  streaming session (the others score through the estimator's own clean forward) and by training's dev
+  evaluation (:meth:`sharpscope.train.loop.Trainer.evaluate_dev`).
 * :func:`score_manifest` -- manifest rows in, the same rows plus ``score, logit_spoof, logit_bonafide`` out.
 * :func:`run_score` / :func:`run_metrics` -- what ``sharpscope score`` and ``sharpscope metrics`` do: write
   ``scores.csv`` / ``metrics.json`` (metrics, settings, provenance) and optional official score files.
@@ -37,9 +40,9 @@ import torch
 from torch import nn
 
 from .calibration import Calibration, fit_calibration, parse_prior
-from .data.audio import CROPS, NB_SAMP, AudioCache, Batch, iter_batches
-from .errors import CheckpointError, ScoreError
-from .fileio import atomic_write_json
+from .data.audio import NB_SAMP, AudioCache, Batch, check_crop, iter_batches
+from .errors import AudioError, CheckpointError, ScoreError, SharpscopeError
+from .fileio import atomic_write_csv, atomic_write_json
 from .metrics import evaluate
 from .models.outputs import forward_logits
 from .progress import progress_bar
@@ -67,8 +70,10 @@ def check_score_type(score: str) -> None:
 
 
 def _check_crop(crop: str) -> None:
-    if crop not in CROPS:
-        raise ScoreError(f"unknown crop policy {crop!r}; use one of {', '.join(CROPS)}")
+    try:
+        check_crop(crop)
+    except AudioError as e:
+        raise ScoreError(str(e)) from None
 
 
 def scores_from_logits(logits: torch.Tensor, score: str = "bonafide-logit") -> torch.Tensor:
@@ -81,7 +86,7 @@ def scores_from_logits(logits: torch.Tensor, score: str = "bonafide-logit") -> t
     return torch.log_softmax(logits, dim=-1)[:, 1]
 
 
-def _logits_of(out: Any, n: int) -> torch.Tensor:
+def _check_shape(out: Any, n: int) -> torch.Tensor:
     """Check that ``out`` (read by the model's declared output layout) holds ``[B, 2]`` logits."""
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape != (n, 2):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -119,7 +124,7 @@ def forward_batches(
         for batch in batches:
             b = batch.to(device)
             with torch.inference_mode():
-                logits = _logits_of(forward_logits(model, b.wave, b.lengths), len(b)).float()
+                logits = _check_shape(forward_logits(model, b.wave, b.lengths), len(b)).float()
             if check_finite:
                 _check_logits(logits, b)
             yield b, logits
@@ -185,16 +190,18 @@ def read_model_config(path: str | Path | None) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"model config file not found: {p}")
-    text = p.read_text()
-    try:
-        if p.suffix.lower() == ".json":
-            cfg = json.loads(text)
-        else:
-            import yaml
+    if p.suffix.lower() == ".json":
+        try:
+            cfg = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot parse model config {p}: {str(exc).splitlines()[0]}") from None
+    else:
+        from .specio import read_yaml  # strict: no tags, no duplicate keys, bounded aliases
 
-            cfg = yaml.safe_load(text)
-    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
-        raise CheckpointError(f"cannot parse model config {p}: {str(exc).splitlines()[0]}") from None
+        try:
+            cfg = read_yaml(p, what="model config")
+        except SharpscopeError as exc:
+            raise CheckpointError(str(exc)) from None
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):
@@ -388,20 +395,21 @@ def run_score(
     files = {"scores": "scores.csv", "metrics": "metrics.json"}
     cal: Calibration | None = None
     if calibrate_on is not None:
+        dev_type: str | None
         if dev_kind == "manifest":
             dev_scored = score_manifest(
                 ckpt.model, read_manifest(calibrate_on), batch_size=batch_size, crop=crop, score=score,
                 device=device, progress=progress,
             )  # fmt: skip
             dev_scored["score_type"] = score
-            dev_scored.to_csv(out / "calibration_dev_scores.csv", index=False)
+            atomic_write_csv(out / "calibration_dev_scores.csv", dev_scored, index=False)
             files["calibration_dev_scores"] = "calibration_dev_scores.csv"
             dev, dev_type = dev_scored[["utt_id", "label", "score"]], score
         else:
             dev, dev_type = read_dev_scores(calibrate_on, score)
         cal, cal_record = calibrate_on_table(dev, calibrate_on, calibration_prior, str(dev_kind), dev_type)
         scored["llr"] = cal.apply(scored["score"].to_numpy())
-    scored.to_csv(out / "scores.csv", index=False)
+    atomic_write_csv(out / "scores.csv", scored, index=False)
     if fmt is not None:
         name = default_filename(fmt)
         write_scores(scored, out / name, fmt)

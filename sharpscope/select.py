@@ -52,6 +52,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,7 @@ from .errors import ScoreError, SharpscopeError
 LF_QUANTILES: tuple[float, ...] = tuple(round((i + 0.5) / 10, 2) for i in range(10))
 """Mid-points of 10 equal-mass bins: the quantiles stored per cell (0.05, 0.15, ..., 0.95)."""
 LF_QUANTILE_COLUMNS: tuple[str, ...] = tuple(f"lf_score_q{round(100 * q):02d}" for q in LF_QUANTILES)
-LF_QUANTILE_METHOD = "inverted_cdf"
+LF_QUANTILE_METHOD: Final = "inverted_cdf"
 LABEL_FREE_LOSSES = ("kl-to-clean",)
 LABEL_ORDERS = ("balanced",)
 REFERENCES = ("oracle", "random")
@@ -123,9 +124,9 @@ def wasserstein_from_quantiles(qa: Sequence[float], qb: Sequence[float]) -> floa
     """1-D Wasserstein-1 distance from two vectors of mid-point quantiles: W1 = ∫|F⁻¹(u) − G⁻¹(u)| du
     by the mid-point rule over equal-mass bins, i.e. ``mean |qa − qb|`` (exact when each sample has as many
     points as there are bins)."""
-    qa = np.asarray(qa, dtype=float)
-    qb = np.asarray(qb, dtype=float)
-    return float(np.mean(np.abs(qa - qb)))
+    a = np.asarray(qa, dtype=float)
+    b = np.asarray(qb, dtype=float)
+    return float(np.mean(np.abs(a - b)))
 
 
 # ---- criteria ----------------------------------------------------------------------------------------------
@@ -252,12 +253,12 @@ def criterion_values(
     criterion with no column (older table) or with a missing value for some checkpoint is left out with a
     note.
     """
-    stats._require(df, ["checkpoint", "testset"])
-    base, _ = stats._pick_subset(df, subset)
+    stats.require_columns(df, ["checkpoint", "testset"])
+    base, _ = stats.pick_subset(df, subset)
     names = set(base["testset"].astype(str))
     if target not in names:
         raise SharpscopeError(
-            f"target test set {target!r} not in the table (test sets: {stats._fmt_choices(names)})"
+            f"target test set {target!r} not in the table (test sets: {stats.fmt_choices(names)})"
         )
     tgt = base[base["testset"].astype(str) == target]
     ckpts = sorted(set(tgt["checkpoint"].astype(str)))
@@ -265,7 +266,7 @@ def criterion_values(
     cols: dict[str, pd.Series] = {}
     crit: dict[str, Criterion] = {}
     try:
-        ref = stats._in_domain_testset(base, in_domain)
+        ref = stats.in_domain_testset(base, in_domain)
     except SharpscopeError:
         if in_domain is not None:
             raise
@@ -614,18 +615,18 @@ def select(
         raise SharpscopeError(f"--n-boot must be >= 0 (got {n_boot})")
     if not 0 < level < 1:
         raise SharpscopeError(f"level must be in (0, 1) (got {level})")
-    stats._require(df, ["checkpoint", "testset"])
+    stats.require_columns(df, ["checkpoint", "testset"])
     notes: list[str] = []
-    base, subset_used = stats._pick_subset(df, subset)
+    base, subset_used = stats.pick_subset(df, subset)
     try:
-        ref = stats._in_domain_testset(base, in_domain)
+        ref = stats.in_domain_testset(base, in_domain)
     except SharpscopeError:
         if in_domain is not None:
             raise
         ref = None
     if target not in set(base["testset"].astype(str)):
         raise SharpscopeError(
-            f"target test set {target!r} not in the table (test sets: {stats._fmt_choices(base['testset'])})"
+            f"target test set {target!r} not in the table (test sets: {stats.fmt_choices(base['testset'])})"
         )
     ood = _ood_testsets(base, ref)
     rankings, scores, weights_rows = [], [], []
@@ -759,10 +760,10 @@ def leave_one_domain_out(
     """Score every criterion with each out-of-domain test set of the study held out in turn (the report's
     view): :func:`select` with the first out-of-domain set as the nominal target; ``lodo`` and
     ``lodo_summary`` cover all of them."""
-    stats._require(df, ["checkpoint", "testset", "eer"])
-    base, _ = stats._pick_subset(df, subset)
+    stats.require_columns(df, ["checkpoint", "testset", "eer"])
+    base, _ = stats.pick_subset(df, subset)
     try:
-        ref = stats._in_domain_testset(base, in_domain)
+        ref = stats.in_domain_testset(base, in_domain)
     except SharpscopeError:
         if in_domain is not None:
             raise

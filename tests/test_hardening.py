@@ -390,7 +390,7 @@ def test_brackets_survive_in_error_lines():
 
 def test_tex_in_test_set_names_is_drawn_as_text(tmp_path):
     from sharpscope.report.figures import build_figures
-    from sharpscope.report.tables import example_results
+    from tests.synthetic import example_results
 
     df = example_results(n_ckpt=3, seed=0)
     df["testset"] = df["testset"].replace({df["testset"].iloc[0]: r"$\badcmd{x}$"})
@@ -402,7 +402,7 @@ def test_tex_in_test_set_names_is_drawn_as_text(tmp_path):
 
 def test_figure_size_is_bounded(tmp_path):
     from sharpscope.report.figures import load_spec
-    from sharpscope.report.tables import example_results
+    from tests.synthetic import example_results
 
     example_results(n_ckpt=3, seed=0).to_parquet(tmp_path / "r.parquet")
     for size, dpi in (([1e6, 1e6], 100), ([30, 30], 1200)):

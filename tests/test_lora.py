@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from sharpscope.errors import CheckpointError, SpecError
+from sharpscope.models.checkpoints import load_checkpoint
 from sharpscope.models.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -106,12 +107,14 @@ def test_save_and_load_round_trip(tmp_path, head, wave):
 
     for loaded in (
         load_lora_directory(tmp_path / "lora"),
-        load_ssl_directory(tmp_path / "lora", f"ssl-{head}"),
+        load_checkpoint(tmp_path / "lora", f"ssl-{head}").model,  # the loader tells LoRA directories apart
     ):
         assert has_lora(loaded) and not loaded.training
         with torch.no_grad():
             assert torch.equal(loaded(wave), expected)
         assert count_trainable(loaded) == count_trainable(model)
+    with pytest.raises(CheckpointError, match="is a LoRA directory"):
+        load_ssl_directory(tmp_path / "lora", f"ssl-{head}")
     with pytest.raises(CheckpointError, match="not ssl-"):
         load_lora_directory(tmp_path / "lora", "ssl-aasist" if head == "linear" else "ssl-linear")
 

@@ -385,6 +385,7 @@ def test_cli_select_end_to_end(tmp_path):
     assert zero_k.exit_code == 2 and "--k" in zero_k.output
 
 
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_report_has_a_checkpoint_selection_section(tmp_path):
     from sharpscope.report.html import build_report
 
@@ -395,6 +396,7 @@ def test_report_has_a_checkpoint_selection_section(tmp_path):
     assert "Checkpoint selection" in (tmp_path / "rep" / "report.md").read_text()
 
 
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_sweep_rows_carry_label_free_summaries(tmp_path, tiny_corpus):
     """A real (tiny) sweep writes lf_* into every row; they match scipy on an independent scoring pass."""
     import yaml

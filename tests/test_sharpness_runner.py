@@ -90,6 +90,7 @@ def reference_m_sharpness(model, df, batch_size, rho, adaptive, nb_samp):
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_m_sharpness_equals_the_reference_on_manifest_batches(corpus, adaptive):
     _, df = corpus
     model = tiny_aasist()
@@ -109,6 +110,7 @@ def test_m_sharpness_equals_the_reference_on_manifest_batches(corpus, adaptive):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_shared_pass_scores_equal_a_separate_scoring_pass(corpus):
     from sharpscope.scoring import score_manifest
 
@@ -125,6 +127,7 @@ def test_shared_pass_scores_equal_a_separate_scoring_pass(corpus):
     assert res["weighted-ce"].settings["order"] == "balanced"
 
 
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_early_stop_still_scores_every_row(corpus):
     _, df = corpus
     model = tiny_aasist()
@@ -137,6 +140,7 @@ def test_early_stop_still_scores_every_row(corpus):
     np.testing.assert_allclose(scores["score"].to_numpy(), full["score"].to_numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_average_case_vmapped_equals_looped_on_tiny_models():
     from sharpscope.models.ssl import tiny_ssl_config
 
@@ -174,6 +178,7 @@ def test_lora_merged_scope_perturbs_the_merged_weights():
 # ---- the CLI -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_sharpness_command_writes_result_scores_and_metrics(corpus, tmp_path):
     from typer.testing import CliRunner
 
@@ -273,6 +278,7 @@ def test_estimators_without_a_session_get_a_separate_scoring_pass(corpus):
 
 
 @pytest.mark.parametrize("head", ["linear", "aasist"])
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_frozen_ssl_prefix_is_cached_and_gives_the_same_value(head):
     """Back-end-only sharpness of an SSL model runs the front end once per batch, with identical results."""
     from sharpscope.data.audio import Batch

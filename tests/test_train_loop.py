@@ -21,6 +21,8 @@ SR = 16_000
 TINY_AASIST = {"filts": [12, [1, 4], [4, 4], [4, 8], [8, 8]], "gat_dims": [8, 6]}
 TINY_SSL = {"ssl_config": "tiny"}
 
+pytestmark = pytest.mark.slow  # every test trains end to end (~20 s each on 2 shared cores)
+
 
 def _clip(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
     t = np.arange(n) / SR

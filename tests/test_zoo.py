@@ -55,6 +55,7 @@ def test_expand_zoo_grid_and_errors(tmp_path, tiny_corpus):
         expand_zoo(bad, tmp_path)
 
 
+@pytest.mark.slow  # > 10 s on 2 shared cores
 def test_zoo_of_four_checkpoints_is_swept_end_to_end(tmp_path, tiny_corpus):
     zp = tmp_path / "zoo.yaml"
     zp.write_text(yaml.safe_dump(zoo_spec(tiny_corpus)))

@@ -226,6 +226,7 @@ def iter_batches(
     if cut:
         import warnings
 
+        assert cap is not None  # cut only collects clips when a cap is set
         warnings.warn(
             f"crop {crop!r}: {len(cut)} clip(s) longer than {cap / SAMPLE_RATE:g} s were cut to their first "
             f"{cap / SAMPLE_RATE:g} s (first: {cut[0]}); choose the cap with --crop full:SECONDS",

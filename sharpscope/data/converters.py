@@ -477,10 +477,10 @@ def fake_or_real(root: Path) -> pd.DataFrame:
         if not classes:
             continue
         chain = [here, *here.parents]
-        version = next((p.name for p in chain if p.name.lower().startswith("for-")), root.name)
+        ver = next((p.name for p in chain if p.name.lower().startswith("for-")), root.name)
         for c in classes:
             for f in _walk_audio(here / c):
-                rows.append((str(f), _FOR_CLASSES[c.lower()], split, version))
+                rows.append((str(f), _FOR_CLASSES[c.lower()], split, ver))
         dirnames[:] = [d for d in dirnames if d not in classes]
     if not rows:
         raise ManifestError(
@@ -658,7 +658,7 @@ def _mailabs(base: Path) -> pd.DataFrame:
         speaker = parts[3] if gender in ("female", "male") and len(parts) >= 7 else None
         book = parts[-3] if len(parts) >= 3 else None
         rows.append((lang, gender, speaker, book))
-    lang, gender, speaker, book = (list(x) for x in zip(*rows, strict=True)) if rows else ([], [], [], [])
+    langs, genders, speakers, books = (list(x) for x in zip(*rows, strict=True)) if rows else ([], [], [], [])
     return _frame(
         len(files),
         utt_id=_rel_ids(files, base, prefix="mailabs/"),
@@ -666,11 +666,11 @@ def _mailabs(base: Path) -> pd.DataFrame:
         label="bonafide",
         dataset="mlaad",
         attack="bonafide",
-        speaker=pd.Series(speaker, dtype=object),
-        gender=pd.Series(gender, dtype=object),
-        language=pd.Series([_language(x) for x in lang], dtype=object),
+        speaker=pd.Series(speakers, dtype=object),
+        gender=pd.Series(genders, dtype=object),
+        language=pd.Series([_language(x) for x in langs], dtype=object),
         source="m-ailabs",
-        book=pd.Series(book, dtype=object),
+        book=pd.Series(books, dtype=object),
     )
 
 

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -297,6 +298,7 @@ def validate(df: pd.DataFrame) -> list[Problem]:
         bad = canon.isna().to_numpy() & ~empty["label"]
         values = df["label"].to_numpy(dtype=object) if bad.any() else None
         for i in _rows(bad):
+            assert values is not None  # set whenever bad has a True entry
             problems.append(
                 Problem(
                     "invalid_label",
@@ -338,6 +340,7 @@ def validate(df: pd.DataFrame) -> list[Problem]:
         bad = ~blank & (np.isnan(arr) | (arr < 0) | (np.mod(np.nan_to_num(arr), 1) != 0))
         values = raw.to_numpy(dtype=object) if bad.any() else None
         for i in _rows(bad):
+            assert values is not None  # set whenever bad has a True entry
             problems.append(
                 Problem(
                     "bad_value",
@@ -703,7 +706,8 @@ def check_manifest(
             if ok:
                 sr = pd.Series([a.sample_rate for _, a in ok])
                 sample_rates = {int(k): int(v) for k, v in sr.value_counts().sort_index().items()}
-                secs = np.array([a.frames / a.sample_rate for _, a in ok])
+                # error is None => _probe set both frames and sample_rate
+                secs = np.array([cast(int, a.frames) / cast(int, a.sample_rate) for _, a in ok])
                 durations = {
                     "min": float(secs.min()),
                     "median": float(np.median(secs)),

@@ -28,20 +28,23 @@ arguments.
 
 from __future__ import annotations
 
-import importlib
 import json
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, jsonable
 from ..provenance import file_sha256, provenance
+from .fairseq import remap_fairseq_keys
+
+if TYPE_CHECKING:
+    from .ssl import SSLCountermeasure
 
 SIDECAR_FORMAT = "sharpscope-checkpoint"
 SIDECAR_VERSION = 1
@@ -90,6 +93,7 @@ def load_checkpoint(
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}; check the path")
     overrides = check_model_cfg(model_cfg or {}, "model config")
+    info: dict[str, Any]
     if p.is_dir():
         kind = detect_directory(p)
         if kind in ("peft", "transformers"):
@@ -189,15 +193,22 @@ def check_lora_sidecar(p: Path) -> None:
 def _load_via_hook(
     p: Path, kind: str, arch: str | None, cfg: dict[str, Any], device: str | torch.device
 ) -> LoadedCheckpoint:
+    """Load a LoRA (``kind="peft"``) or transformers-style SSL directory with its own loader.
+
+    The LoRA test lives here, with the loader, so that :mod:`.ssl` never needs to know about :mod:`.lora`
+    (imports run one way: checkpoints -> lora -> ssl -> fairseq).  Imported lazily: transformers and peft
+    are slow to import and only SSL checkpoints need them.
+    """
+    loader: Callable[..., Any]
     if kind == "peft":
         check_lora_sidecar(p)
-    module, func = ("lora", "load_lora_directory") if kind == "peft" else ("ssl", "load_ssl_directory")
-    try:
-        loader = getattr(importlib.import_module(f"sharpscope.models.{module}"), func)
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(
-            f"cannot load {kind} directory {p}: sharpscope.models.{module}.{func} is unavailable ({exc})"
-        ) from None
+        from .lora import load_lora_directory as loader
+
+        module, func = "lora", "load_lora_directory"
+    else:
+        from .ssl import load_ssl_directory as loader
+
+        module, func = "ssl", "load_ssl_directory"
     try:
         out = loader(p, arch, **cfg)
     except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
@@ -263,7 +274,7 @@ def _corrupt(p: Path, exc: BaseException) -> CheckpointError:
     )
 
 
-def _is_tensor_mapping(obj: Any) -> bool:
+def _is_tensor_mapping(obj: Any) -> TypeGuard[Mapping[str, torch.Tensor]]:
     return (
         isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
     )
@@ -381,14 +392,8 @@ def _resolve_arch(p: Path, arch: str | None, saved: dict[str, Any] | None) -> st
 
 
 def _remap_ssl(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-    """Apply ``sharpscope.models.ssl.remap_fairseq_keys`` when that hook exists (fairseq -> our names)."""
-    try:
-        from . import ssl as ssl_module
-
-        remap = ssl_module.remap_fairseq_keys
-    except (ImportError, AttributeError):
-        return state, False
-    return dict(remap(state)), True
+    """Apply :func:`sharpscope.models.fairseq.remap_fairseq_keys` (fairseq -> our names)."""
+    return dict(remap_fairseq_keys(state)), True
 
 
 MAX_CONFIG_NUMBER = 1e7  # no model dimension is this large; a typo of 1e12 would be a MemoryError instead
@@ -527,23 +532,9 @@ def _unwrap_model(model: nn.Module) -> nn.Module:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)  # torch types attribute reads as Tensor | Module
         else:
             return model
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, torch.Tensor) and obj.numel() > 64:
-        return f"<tensor {tuple(obj.shape)}>"
-    if hasattr(obj, "tolist"):  # numpy scalars/arrays, small tensors
-        return _jsonable(obj.tolist())
-    return str(obj)
 
 
 def model_cfg_of(model: nn.Module) -> dict[str, Any]:
@@ -590,7 +581,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] 
         )
     arch = meta.pop("arch", None) or getattr(model, "arch", None)
     cfg = meta.pop("model_cfg", None)
-    cfg = _jsonable(dict(cfg if cfg is not None else model_cfg_of(model)))
+    cfg = jsonable(dict(cfg if cfg is not None else model_cfg_of(model)))
     meta.setdefault("provenance", provenance())
 
     family = "lora" if _has_lora(model) else ("ssl" if hasattr(model, "arch_config") else "plain")
@@ -603,12 +594,12 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] 
         if family == "lora":
             from .lora import save_lora
 
-            save_lora(model, p)
+            save_lora(cast("SSLCountermeasure", model), p)  # save_lora refuses anything else
         else:
             from .ssl import save_ssl_directory
 
-            save_ssl_directory(model, p)
-        text = json.dumps(_jsonable({**meta, "arch": arch, "model_cfg": cfg}), indent=2, sort_keys=True)
+            save_ssl_directory(cast("SSLCountermeasure", model), p)  # family "ssl": it has arch_config
+        text = json.dumps(jsonable({**meta, "arch": arch, "model_cfg": cfg}), indent=2, sort_keys=True)
         atomic_write(p / DIR_META, lambda tmp: Path(tmp).write_text(text + "\n"))
         return p
 
@@ -631,7 +622,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] 
         "model_cfg": cfg,
         "weights": weights.name,
         "weights_sha256": file_sha256(weights),
-        "meta": _jsonable(meta),
+        "meta": jsonable(meta),
     }
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))

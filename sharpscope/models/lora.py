@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, SpecError
+from ..fileio import atomic_write_text
 from .ssl import (
     HEAD_OF_ARCH,
     SSLCountermeasure,
@@ -120,7 +121,7 @@ def add_lora(
     targets = tuple(str(t) for t in target_modules)
     config = LoraConfig(
         r=int(rank),
-        lora_alpha=float(alpha),
+        lora_alpha=float(alpha),  # type: ignore[arg-type]  # peft annotates int; the scale alpha / r takes floats
         lora_dropout=float(dropout),
         target_modules=list(targets),
         bias="none",
@@ -214,7 +215,7 @@ def save_lora(model: SSLCountermeasure, directory: str | Path, include_base: boo
         "base_fingerprint": state_fingerprint(base),
         "base_weights": BASE_WEIGHTS if include_base else None,
     }
-    (out / LORA_SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / LORA_SIDECAR, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return out
 
 

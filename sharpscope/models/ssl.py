@@ -23,7 +23,8 @@ the eager implementation so that double backward (Hessian-vector products) works
 Parameter names: ``ssl.`` + transformers names for the front end; the back end uses the SSL_Anti-spoofing
 names (``LL``, ``first_bn``, ``encoder``, ``attention``, ``pos_S``, ``master1/2``, ``GAT_layer_S/T``,
 ``HtrgGAT_layer_ST11..22``, ``pool_*``, ``out_layer``) so converted checkpoints load with ``strict=True``.
-:func:`remap_fairseq_keys` converts the fairseq names of SSL_Anti-spoofing / SAM-AntiSpoofing checkpoints.
+:func:`sharpscope.models.fairseq.remap_fairseq_keys` converts the fairseq names of SSL_Anti-spoofing /
+SAM-AntiSpoofing checkpoints.
 
 Faithfulness notes (kept on purpose so that weights, gradients and sharpness values match the reference):
 
@@ -41,18 +42,33 @@ import functools
 import inspect
 import json
 import logging
-import re
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AudioError, CheckpointError, SpecError
+from ..fileio import atomic_write_text
 from .aasist import GraphBackEnd
+from .fairseq import (  # noqa: F401  (re-exported: the names were defined here before the split)
+    FAIRSEQ_DROP_PREFIXES,
+    FairseqRemap,
+    convert_fairseq_state_dict,
+    fairseq_ssl_key,
+    is_fairseq_state_dict,
+    remap_fairseq_keys,
+    strip_module_prefix,
+    to_fairseq_keys,
+)
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import Wav2Vec2Model
+
+    from .lora import LoraSettings
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +262,7 @@ def _quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def ssl_config_dict(ssl: nn.Module) -> dict[str, Any]:
+def ssl_config_dict(ssl: Wav2Vec2Model) -> dict[str, Any]:
     """JSON-friendly full config of a front end (what rebuilds it, including the attention implementation)."""
     keys = _config_keys() - _GENERIC_CONFIG_KEYS
     cfg = {k: v for k, v in ssl.config.to_dict().items() if k in keys}
@@ -265,8 +281,13 @@ class SSLCountermeasure(nn.Module):
     """
 
     head: str = ""
+    # set only by sharpscope.models.lora.add_lora (absent on models without adapters)
+    lora_settings: LoraSettings
+    lora_config: LoraConfig
 
-    def __init__(self, ssl: nn.Module, head_cfg: dict[str, Any], pretrained: str | None, freeze_ssl: bool):
+    def __init__(
+        self, ssl: Wav2Vec2Model, head_cfg: dict[str, Any], pretrained: str | None, freeze_ssl: bool
+    ):
         super().__init__()
         self.ssl = ssl
         self.head_cfg = head_cfg
@@ -316,7 +337,11 @@ class SSLCountermeasure(nn.Module):
         hidden = self.ssl(x, attention_mask=attention_mask).last_hidden_state
         frame_mask = None
         if attention_mask is not None:
-            frame_mask = self.ssl._get_feature_vector_attention_mask(hidden.size(1), attention_mask)
+            # transformers annotates torch.LongTensor (a legacy alias class); any integer tensor is accepted
+            frame_mask = self.ssl._get_feature_vector_attention_mask(
+                hidden.size(1),
+                attention_mask,  # type: ignore[arg-type]
+            )
         return hidden, frame_mask
 
     def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
@@ -357,7 +382,7 @@ class SSLLinear(SSLCountermeasure):
 
     head = "linear"
 
-    def __init__(self, ssl: nn.Module, hidden: int = 128, dropout: float = 0.3, **kw: Any):
+    def __init__(self, ssl: Wav2Vec2Model, hidden: int = 128, dropout: float = 0.3, **kw: Any):
         super().__init__(ssl, {"hidden": int(hidden), "dropout": float(dropout)}, **kw)
         d = ssl.config.hidden_size
         self.output_layer = nn.Sequential(
@@ -416,7 +441,7 @@ class SSLAASIST(GraphBackEnd, SSLCountermeasure):
 
     def __init__(
         self,
-        ssl: nn.Module,
+        ssl: Wav2Vec2Model,
         filts: list | None = None,
         gat_dims: list | None = None,
         pool_ratios: list | None = None,
@@ -527,7 +552,10 @@ def build_ssl_model(
     if unknown:
         raise SpecError(f"unknown {head} head option(s) {', '.join(unknown)}; valid: {', '.join(allowed)}")
     ssl = build_ssl_frontend(ssl_config, pretrained)
-    common = {"pretrained": None if pretrained is None else str(pretrained), "freeze_ssl": bool(freeze_ssl)}
+    common: dict[str, Any] = {
+        "pretrained": None if pretrained is None else str(pretrained),
+        "freeze_ssl": bool(freeze_ssl),
+    }
     model: SSLCountermeasure
     if head == "aasist":
         model = SSLAASIST(ssl, **head_cfg, **common)
@@ -537,192 +565,6 @@ def build_ssl_model(
         model.ssl.requires_grad_(False)
     return model
 
-
-# ------------------------------------------------------------------------------------- fairseq names
-
-#: fairseq-only modules of pre-training (quantiser, projections of the contrastive loss, HuBERT labels).
-FAIRSEQ_DROP_PREFIXES = (
-    "quantizer.",
-    "input_quantizer.",
-    "project_q.",
-    "project_inp.",
-    "final_proj.",
-    "target_glu.",
-    "label_embs_concat",
-)
-_FAIRSEQ_SSL_PREFIXES = ("ssl_model.model.", "ssl_model.")
-_LAYER_RENAMES = {
-    "self_attn.k_proj": "attention.k_proj",
-    "self_attn.v_proj": "attention.v_proj",
-    "self_attn.q_proj": "attention.q_proj",
-    "self_attn.out_proj": "attention.out_proj",
-    "self_attn_layer_norm": "layer_norm",
-    "fc1": "feed_forward.intermediate_dense",
-    "fc2": "feed_forward.output_dense",
-    "final_layer_norm": "final_layer_norm",
-}
-_POS = "encoder.pos_conv_embed.conv."
-_WN_PARAM = {"g": "parametrizations.weight.original0", "v": "parametrizations.weight.original1"}
-_WN_LEGACY = {"g": "weight_g", "v": "weight_v"}
-
-
-@dataclass
-class FairseqRemap:
-    """Result of :func:`convert_fairseq_state_dict`: the renamed tensors and the fairseq keys dropped."""
-
-    state_dict: dict[str, torch.Tensor]
-    dropped: list[str] = field(default_factory=list)
-    renamed: int = 0
-
-
-def _uses_parametrized_weight_norm(target_keys: Collection[str] | None) -> bool:
-    if target_keys is not None:
-        if any(k.endswith(_POS + _WN_PARAM["g"]) for k in target_keys):
-            return True
-        if any(k.endswith(_POS + _WN_LEGACY["g"]) for k in target_keys):
-            return False
-    return hasattr(nn.utils.parametrizations, "weight_norm")
-
-
-def fairseq_ssl_key(name: str, parametrized: bool = True) -> str | None:
-    """transformers name of one fairseq wav2vec 2.0 parameter name (None for fairseq-only keys).
-
-    Raises :class:`CheckpointError` for names it does not know (never drops silently).
-    """
-    if name.startswith(FAIRSEQ_DROP_PREFIXES):
-        return None
-    m = re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(0|2|2\.1)\.(weight|bias)", name)
-    if m:
-        part = "conv" if m.group(2) == "0" else "layer_norm"
-        return f"feature_extractor.conv_layers.{m.group(1)}.{part}.{m.group(3)}"
-    m = re.fullmatch(r"(layer_norm|post_extract_proj)\.(weight|bias)", name)
-    if m:
-        part = "layer_norm" if m.group(1) == "layer_norm" else "projection"
-        return f"feature_projection.{part}.{m.group(2)}"
-    if name == "mask_emb":
-        return "masked_spec_embed"
-    m = re.fullmatch(r"encoder\.pos_conv\.0\.(weight_g|weight_v|bias)", name)
-    if m:
-        if m.group(1) == "bias":
-            return _POS + "bias"
-        names = _WN_PARAM if parametrized else _WN_LEGACY
-        return _POS + names[m.group(1)[-1]]
-    m = re.fullmatch(r"encoder\.layer_norm\.(weight|bias)", name)
-    if m:
-        return name
-    m = re.fullmatch(r"encoder\.layers\.(\d+)\.(\w+(?:\.\w+)?)\.(weight|bias)", name)
-    if m and m.group(2) in _LAYER_RENAMES:
-        return f"encoder.layers.{m.group(1)}.{_LAYER_RENAMES[m.group(2)]}.{m.group(3)}"
-    raise CheckpointError(f"unknown fairseq wav2vec2 key {name!r}; this checkpoint layout is not supported")
-
-
-def _strip_module(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module.") :]: v for k, v in sd.items()}
-    return dict(sd)
-
-
-def is_fairseq_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    """True when the keys use the fairseq layout of SSL_Anti-spoofing / SAM-AntiSpoofing (``ssl_model.*``)."""
-    return any(k.removeprefix("module.").startswith("ssl_model.") for k in state_dict)
-
-
-def convert_fairseq_state_dict(
-    state_dict: Mapping[str, torch.Tensor], target_keys: Collection[str] | None = None
-) -> FairseqRemap:
-    """Rename an SSL_Anti-spoofing / SAM-AntiSpoofing checkpoint to the names of :func:`build_ssl_model`.
-
-    Handles an optional ``module.`` (DataParallel) prefix, ``ssl_model.model.`` + fairseq wav2vec 2.0 names
-    (base and layer-norm-first / XLS-R layouts), the ``aasist.`` sub-module of SAM-AntiSpoofing's
-    ``SSL_AASIST`` and both weight-norm parametrisations of ``pos_conv`` (detected from ``target_keys``, the
-    keys of the model to load into, or from the installed torch).  fairseq-only pre-training keys
-    (:data:`FAIRSEQ_DROP_PREFIXES`, and ``mask_emb`` unless ``target_keys`` include ``masked_spec_embed``)
-    are dropped and listed in ``dropped``.  A fairseq ``pos_conv`` stored without weight norm (plain
-    ``weight``) is split into ``g = ||w||`` (over dims 0, 1) and ``v = w``.
-    """
-    sd = _strip_module(state_dict)
-    parametrized = _uses_parametrized_weight_norm(target_keys)
-    # sharpscope front ends never mask (no masked_spec_embed) unless built with mask_time_prob > 0
-    keep_mask = target_keys is not None and any(k.endswith("masked_spec_embed") for k in target_keys)
-    out: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    renamed = 0
-    for key, value in sd.items():
-        prefix = next((p for p in _FAIRSEQ_SSL_PREFIXES if key.startswith(p)), None)
-        if prefix is None:
-            new = key.removeprefix("aasist.")
-            renamed += new != key
-            out[new] = value
-            continue
-        inner = key[len(prefix) :]
-        if inner == "encoder.pos_conv.0.weight":  # weight norm removed before saving
-            g = value.norm(dim=(0, 1), keepdim=True)
-            names = _WN_PARAM if parametrized else _WN_LEGACY
-            out["ssl." + _POS + names["g"]] = g
-            out["ssl." + _POS + names["v"]] = value
-            renamed += 1
-            continue
-        new = fairseq_ssl_key(inner, parametrized)
-        if new is None or (new == "masked_spec_embed" and not keep_mask):
-            dropped.append(key)
-            continue
-        out["ssl." + new] = value
-        renamed += 1
-    if dropped:
-        log.info("dropped %d fairseq-only keys: %s", len(dropped), ", ".join(dropped))
-    return FairseqRemap(out, dropped, renamed)
-
-
-def remap_fairseq_keys(
-    state_dict: Mapping[str, torch.Tensor], target_keys: Collection[str] | None = None
-) -> dict[str, torch.Tensor]:
-    """State dict of :func:`convert_fairseq_state_dict` (the dropped keys are logged at INFO level)."""
-    return convert_fairseq_state_dict(state_dict, target_keys).state_dict
-
-
-def to_fairseq_keys(
-    state_dict: Mapping[str, torch.Tensor], aasist_prefix: str = ""
-) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`remap_fairseq_keys`: SSL_Anti-spoofing names (``ssl_model.model.`` + fairseq).
-
-    ``aasist_prefix="aasist."`` nests the back end like SAM-AntiSpoofing's ``SSL_AASIST``.  The conv stack
-    layout (group norm in layer 0 vs. layer norm everywhere) is read from the keys.
-    """
-    layer_mode = "ssl.feature_extractor.conv_layers.1.layer_norm.weight" in state_dict
-    inverse_layer = {v: k for k, v in _LAYER_RENAMES.items()}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if not key.startswith("ssl."):
-            head_key = (
-                key if key.startswith("output_layer.") or key.startswith("LL.") else aasist_prefix + key
-            )
-            out[head_key] = value
-            continue
-        k = key[len("ssl.") :]
-        m = re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)", k)
-        if m:
-            part = "0" if m.group(2) == "conv" else ("2.1" if layer_mode else "2")
-            new = f"feature_extractor.conv_layers.{m.group(1)}.{part}.{m.group(3)}"
-        elif k.startswith("feature_projection."):
-            new = k.replace("feature_projection.layer_norm", "layer_norm").replace(
-                "feature_projection.projection", "post_extract_proj"
-            )
-        elif k == "masked_spec_embed":
-            new = "mask_emb"
-        elif k.startswith(_POS):
-            rest = k[len(_POS) :]
-            wn = {_WN_PARAM["g"]: "weight_g", _WN_PARAM["v"]: "weight_v", "weight_g": "weight_g"}
-            wn.update({"weight_v": "weight_v", "bias": "bias"})
-            new = "encoder.pos_conv.0." + wn[rest]
-        elif k.startswith("encoder.layer_norm."):
-            new = k
-        else:
-            m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", k)
-            if not m or m.group(2) not in inverse_layer:
-                raise CheckpointError(f"no fairseq name for {key!r}")
-            new = f"encoder.layers.{m.group(1)}.{inverse_layer[m.group(2)]}.{m.group(3)}"
-        out["ssl_model.model." + new] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------ directories
@@ -744,7 +586,7 @@ def load_state_dict_checked(
     if is_fairseq_state_dict(state_dict):
         remap = convert_fairseq_state_dict(state_dict, target.keys())
     else:
-        remap = FairseqRemap(_strip_module(state_dict))
+        remap = FairseqRemap(strip_module_prefix(state_dict))
     sd = remap.state_dict
     missing = set(target) - set(sd)
     unexpected = set(sd) - set(target)
@@ -818,7 +660,7 @@ def save_ssl_directory(model: SSLCountermeasure, path: str | Path) -> Path:
     model.ssl.config.save_pretrained(str(out))
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / SIDECAR).write_text(json.dumps(model.arch_config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / SIDECAR, json.dumps(model.arch_config, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -832,8 +674,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_ssl_directory(path: str | Path, arch: str | None = None, **cfg: Any) -> SSLCountermeasure:
     """Load an SSL countermeasure saved in a directory, in eval mode.
 
-    * ``adapter_config.json`` present -> a LoRA directory
-      (:func:`sharpscope.models.lora.load_lora_directory`).
+    * ``adapter_config.json`` present -> a LoRA directory: refused here (this module never imports
+      :mod:`sharpscope.models.lora`); :func:`sharpscope.models.checkpoints.load_checkpoint` tells the two
+      apart and :func:`sharpscope.models.lora.load_lora_directory` loads it.
     * Otherwise ``config.json`` (Wav2Vec2Config) + ``model.safetensors`` / ``pytorch_model.bin`` (ours or
       fairseq names), and ``sharpscope.json`` for the head (or ``arch`` + ``cfg``).
 
@@ -845,9 +688,10 @@ def load_ssl_directory(path: str | Path, arch: str | None = None, **cfg: Any) ->
     if not root.is_dir():
         raise CheckpointError(f"SSL checkpoint directory not found: {root}")
     if (root / "adapter_config.json").is_file():
-        from .lora import load_lora_directory
-
-        return load_lora_directory(root, arch, **cfg)
+        raise CheckpointError(
+            f"{root} is a LoRA directory (adapter_config.json); load it with "
+            "sharpscope.models.checkpoints.load_checkpoint or sharpscope.models.lora.load_lora_directory"
+        )
     if not (root / "config.json").is_file():
         raise CheckpointError(f"{root} has no config.json; save SSL models with save_ssl_directory")
     config = _read_json(root / "config.json")

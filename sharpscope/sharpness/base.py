@@ -1,18 +1,21 @@
-"""Common machinery of all sharpness estimators.
+"""Common machinery of all sharpness estimators: the one estimator contract.
 
 * :class:`SharpnessResult` -- what every estimator returns (value, uncertainty, counts, cost, settings).
-* :class:`Estimator` -- the uniform interface: settings in a dataclass given to the constructor,
-  ``estimate(model, batches, loss) -> SharpnessResult``.
+* :class:`DriverSettings`, :class:`EstimatorBase`, :class:`BatchDriver` -- the contract every registered
+  measure follows: a settings dataclass deriving from :class:`DriverSettings` (scope, seed, budget, ci_width,
+  min_batches, n_boot, nonfinite) validated by one ``validate()`` at construction; one constructor form
+  ``Cls(settings=None, **overrides)``; one per-batch driver for stopping (budget / CI), the non-finite policy,
+  the counts (``n_utts`` / ``n_batches``: every batch processed) and the weighted summary.
+  :class:`Estimator` is the protocol the registry returns.
 * :func:`select_params` -- the parameter scope an estimator perturbs.
 * :func:`preserved` -- puts the model in eval mode and restores every parameter and buffer bit-for-bit (and
   the train/eval mode and ``requires_grad`` flags) on exit, also when an exception is raised.
-* Loss functions: ``weighted-ce`` (the reference loss of AASIST / SAM-AntiSpoofing: class weights
-  [0.1 spoof, 0.9 bona fide], PyTorch's weighted mean), ``ce`` and the label-free ``kl-to-clean``.
+* Losses live in :mod:`sharpscope.losses` (re-exported here while callers move over).
 * :func:`forward_logits`, :func:`unpack_batch` -- logits of a model by its declared output layout (never by
   position guessing), batch-independent under crop ``full``; batches of any of the accepted forms.
 
-The batchwise machinery shared by the loss-based estimators (functional perturbations, budget / CI stopping,
-several losses in one pass, the streaming session the runner scores through) is in
+The batchwise machinery shared by the loss-based estimators (functional perturbations, micro-batches, several
+losses in one pass, the streaming session the runner scores through) is in
 :mod:`sharpscope.sharpness.engine`.
 """
 
@@ -20,20 +23,26 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SharpscopeError
+from ..errors import SharpscopeError, SpecError
+from ..losses import (  # noqa: F401  (re-exported: callers may still import losses from here)
+    LOSSES,
+    REFERENCE_CLASS_WEIGHTS,
+    CrossEntropy,
+    KLToClean,
+    Loss,
+    make_loss,
+)
 from ..models.outputs import forward_logits  # noqa: F401  (re-exported: one logits reader)
-
-REFERENCE_CLASS_WEIGHTS = (0.1, 0.9)  # [spoof, bonafide], AASIST / SAM-AntiSpoofing training loss
 
 
 @dataclass
@@ -79,148 +88,203 @@ class SharpnessResult:
 
 @runtime_checkable
 class Estimator(Protocol):
-    """Uniform estimator interface (see module docstring).
+    """The one estimator contract every registered measure satisfies (see :class:`EstimatorBase`).
 
     Optional extras the runner uses when present: ``estimate_many(model, batches, losses) -> {loss: result}``
     and ``session(model, losses)`` (streaming, see :class:`sharpscope.sharpness.engine.EstimateSession`).
     """
 
     name: str
+    settings: Any
 
     def estimate(self, model: nn.Module, batches: Iterable[Any], loss: Loss) -> SharpnessResult: ...
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
-    return asdict(settings) if is_dataclass(settings) else dict(settings)
+    return asdict(settings) if is_dataclass(settings) and not isinstance(settings, type) else dict(settings)
 
 
-# ---- losses ---------------------------------------------------------------------------------------------
+# ---- the one estimator contract ---------------------------------------------------------------------------
 
 
-class Loss:
-    """A batch loss ``loss(logits, labels, clean_logits=None) -> scalar``.
+@dataclass
+class DriverSettings:
+    """Settings every measure shares, read by the per-batch driver (:class:`BatchDriver`).
 
-    ``needs_labels`` is False for label-free losses; ``needs_clean`` is True when the loss compares against
-    the logits at the unperturbed weights (the estimator computes and passes them).
+    * ``scope`` -- parameters studied: ``all``, ``trainable``, ``regex:PATTERN`` or ``lora-merged``
+      (see :mod:`sharpscope.sharpness.scope`).
+    * ``seed`` -- seeds every random draw (noise, directions, probe vectors, random starts, bootstrap).
+    * ``budget`` -- stop after at least this many utterances (whole batches are used).
+    * ``ci_width`` -- stop as soon as the relative half-width of the bootstrap 95 % CI,
+      ``(hi - lo) / 2 / |value|``, is at most this, once ``min_batches`` finite batches are in (sequential
+      stopping makes the final CI slightly optimistic; pair it with ``shuffled``/``balanced`` batch order).
+    * ``n_boot`` -- bootstrap resamples over batches for the CI.
+    * ``nonfinite`` -- what a NaN/inf batch value does: ``error`` (stop with one line naming the batch),
+      ``drop`` (exclude it, count it in ``n_nonfinite``) or ``cap`` (a perturbed divergence enters at the
+      largest finite batch value; see :func:`apply_nonfinite`).
+
+    ``validate()`` runs at construction (every settings object that exists is valid) and normalises numeric
+    types; subclasses extend it and call ``super().validate()`` first.
     """
 
-    name: str = "loss"
-    needs_labels: bool = True
-    needs_clean: bool = False
+    scope: str = "all"
+    seed: int = 0
+    budget: int | None = None
+    ci_width: float | None = None
+    min_batches: int = 5
+    n_boot: int = 1000
+    nonfinite: str = "error"
 
-    def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_nonfinite_policy(self.nonfinite)
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool):
+            raise SpecError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.scope, str):
+            raise SpecError(f"scope must be a string (all, trainable, regex:PATTERN), got {self.scope!r}")
+        if self.budget is not None and self.budget < 1:
+            raise SharpscopeError(f"budget must be a positive number of utterances, got {self.budget}")
+        if self.ci_width is not None and not self.ci_width > 0:
+            raise SharpscopeError(f"ci_width must be a positive relative half-width, got {self.ci_width}")
+        if self.budget is not None and self.ci_width is not None:
+            raise SharpscopeError("give either budget or ci_width, not both")
+        if self.min_batches < 2:
+            raise SharpscopeError(f"min_batches must be at least 2 for a CI, got {self.min_batches}")
+
+
+class EstimatorBase:
+    """Base class of every measure: one constructor form, one validation, one result shape.
+
+    ``Cls(settings=None, **overrides)``: a settings object of ``Cls.Settings`` and/or keyword overrides
+    (``HessianMax(iterations=5)``, ``HessianMax(HessianMaxSettings(...), iterations=5)``); unknown keywords
+    raise one line naming the valid ones; the result is validated (``Settings.validate``).  Subclasses set
+    ``name``, ``Settings`` and implement ``estimate(model, batches, loss) -> SharpnessResult``, looping over
+    batches with a :class:`BatchDriver`.  ``has_ci = False`` marks a measure with one value for the whole set
+    (no CI over batches, so ``ci_width`` stopping is refused).
+    """
+
+    name: str = "estimator"
+    Settings: type[DriverSettings] = DriverSettings
+    has_ci: bool = True
+
+    def __init__(self, settings: DriverSettings | None = None, **overrides: Any) -> None:
+        valid = {f.name for f in fields(self.Settings)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise SharpscopeError(
+                f"measure {self.name!r} has no setting(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(valid))}"
+            )
+        if settings is not None and not isinstance(settings, self.Settings):
+            raise SharpscopeError(
+                f"measure {self.name!r} takes a {self.Settings.__name__}, got {type(settings).__name__}"
+            )
+        base = settings if settings is not None else self.Settings()
+        self.settings = replace(base, **overrides) if overrides else base  # replace() re-validates
+        if not self.has_ci and self.settings.ci_width is not None:
+            raise SharpscopeError(
+                f"measure {self.name!r} gives one value for the whole set (no CI over batches); "
+                "stop it with budget instead of ci_width"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings})"
+
+    def estimate(self, model: nn.Module, batches: Iterable[Any], loss: Loss) -> SharpnessResult:
         raise NotImplementedError
 
-    def batch_weight(self, labels: torch.Tensor) -> float:
-        """The normaliser of the batch loss (its denominator), so that the loss of a union of batches is
-        ``Σ_B W_B·L_B / Σ_B W_B``: the batch size for a plain mean."""
-        return float(labels.shape[0])
 
-    def per_utt(
-        self, logits: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor | None = None
-    ) -> torch.Tensor | None:
-        """Per-utterance terms ``[B]`` whose sum is the batch loss (for per-class contributions); ``None``
-        for a loss that does not decompose (no per-class split is reported then)."""
-        return None
+class BatchDriver:
+    """The per-batch bookkeeping every measure shares: stopping, non-finite policy, counts, summary.
 
-    def ascent_loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The loss whose gradient at the clean weights gives a first-order ascent direction.
-
-        The loss itself for every loss with a non-zero gradient at ``w``; label-free losses that vanish to
-        second order at ``w`` (``kl-to-clean``) override it.
-        """
-        return self(logits, labels, clean_logits)
-
-
-class CrossEntropy(Loss):
-    """Cross-entropy with optional class weights, PyTorch's weighted mean: Σ w_y·ℓ / Σ w_y."""
-
-    def __init__(self, class_weights: tuple[float, float] | None = None) -> None:
-        self.class_weights = class_weights
-        self.name = "weighted-ce" if class_weights is not None else "ce"
-
-    def __call__(self, logits, labels, clean_logits=None):
-        w = None
-        if self.class_weights is not None:
-            w = torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)
-        return F.cross_entropy(logits, labels, weight=w)
-
-    def batch_weight(self, labels: torch.Tensor) -> float:
-        if self.class_weights is None:
-            return float(labels.shape[0])
-        cw = torch.tensor(self.class_weights, dtype=torch.float64)
-        return float(cw[labels.detach().cpu().long()].sum())
-
-    def per_utt(self, logits, labels, clean_logits=None):
-        raw = F.cross_entropy(logits, labels, reduction="none")
-        if self.class_weights is None:
-            return raw / labels.shape[0]
-        w = torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)[labels]
-        return w * raw / w.sum()
-
-
-class KLToClean(Loss):
-    """Label-free loss: mean over utterances of KL(p_clean ‖ p_perturbed).
-
-    Zero at the unperturbed weights, so the sharpness is the increase of this divergence; usable on unlabelled
-    target-domain data.
+    Counts have one meaning everywhere: ``n_utts`` / ``n_batches`` are the utterances / batches the estimator
+    processed (finite or not; ``budget`` counts the same utterances); ``n_nonfinite`` the processed batches
+    with a NaN/inf value; ``extra["n_utts_finite"]`` the utterances of finite batches.
     """
 
-    name = "kl-to-clean"
-    needs_labels = False
-    needs_clean = True
+    def __init__(self, measure: str, settings: DriverSettings) -> None:
+        self.measure, self.settings = measure, settings
+        self.n_utts = 0
+        self.n_batches = 0
+        self.done = False
+        self.stop_reason = "data exhausted"
 
-    def __call__(self, logits, labels, clean_logits=None):
-        if clean_logits is None:
-            raise ValueError("kl-to-clean needs the clean logits")
-        logp_clean = F.log_softmax(clean_logits.detach(), dim=-1)
-        logp = F.log_softmax(logits, dim=-1)
-        return (logp_clean.exp() * (logp_clean - logp)).sum(-1).mean()
+    def check(self, row: dict[str, Any], batch: Any, label: str | None = None) -> None:
+        """Apply policy ``error`` to a non-finite row (``row["finite"]`` False): one line naming the batch."""
+        if row["finite"]:
+            return
+        what = "loss at w" if not math.isfinite(row.get("clean_loss", math.nan)) else f"{self.measure} value"
+        check_nonfinite(self.settings.nonfinite, label or self.measure, int(row["index"]), batch, what)
 
-    def per_utt(self, logits, labels, clean_logits=None):
-        if clean_logits is None:
-            raise ValueError("kl-to-clean needs the clean logits")
-        logp_clean = F.log_softmax(clean_logits.detach(), dim=-1)
-        logp = F.log_softmax(logits, dim=-1)
-        return (logp_clean.exp() * (logp_clean - logp)).sum(-1) / logits.shape[0]
+    def advance(self, size: int, rows: list[dict[str, Any]] | None = None, weight_key: str = "size") -> None:
+        """Count one processed batch of ``size`` utterances, then test ``budget`` and ``ci_width`` (the CI of
+        the finite ``rows`` so far, weighted by ``weight_key``)."""
+        s = self.settings
+        self.n_utts += int(size)
+        self.n_batches += 1
+        if s.budget is not None and self.n_utts >= s.budget:
+            self.done, self.stop_reason = True, f"budget of {s.budget} utterances reached"
+        elif s.ci_width is not None and rows is not None:
+            ok = [r for r in rows if r["finite"]]
+            if len(ok) >= s.min_batches:
+                rel = ci_relative_halfwidth(
+                    [r["value"] for r in ok], [r[weight_key] for r in ok], s.n_boot, s.seed
+                )
+                if rel <= s.ci_width:
+                    self.done = True
+                    self.stop_reason = f"relative CI half-width {rel:.4g} <= {s.ci_width}"
 
-    def ascent_loss(self, logits, labels, clean_logits=None):
-        """Cross-entropy against the clean prediction (pseudo-label = argmax of the clean logits).
+    def summarise(
+        self, rows: list[dict[str, Any]], weight_key: str = "size"
+    ) -> tuple[float, float, tuple[float, float], list[dict[str, Any]]]:
+        """Apply the non-finite policy to ``rows`` (marks ``used``), then the weighted mean over the used
+        batches, its standard error and bootstrap 95 % CI; returns them with the used rows."""
+        s = self.settings
+        apply_nonfinite(rows, s.nonfinite)
+        used = [r for r in rows if r["used"]]
+        mean, se, ci = weighted_summary(
+            [r["value"] for r in used], [r[weight_key] for r in used], n_boot=s.n_boot, seed=s.seed
+        )
+        return mean, se, ci, used
 
-        KL(p_clean ‖ p_w) has zero gradient at the clean weights, so a one-step estimator would not move.  Its
-        Hessian there is the Fisher information, whose dominant directions the gradients of the pseudo-label
-        log-likelihood span; the one-step estimators therefore step along the pseudo-label cross-entropy
-        gradient and measure the KL increase at that point (documented behaviour, still label-free).
-        """
-        if clean_logits is None:
-            raise ValueError("kl-to-clean needs the clean logits")
-        return F.cross_entropy(logits, clean_logits.detach().argmax(-1))
+    def counts(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """``n_utts``, ``n_batches``, ``n_nonfinite`` of a result (one meaning, see the class docstring)."""
+        return {
+            "n_utts": self.n_utts,
+            "n_batches": self.n_batches,
+            "n_nonfinite": sum(1 for r in rows if not r["finite"]),
+        }
+
+    def extra(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "stop_reason": self.stop_reason,
+            "n_utts_finite": int(sum(r["size"] for r in rows if r["finite"])),
+            "n_capped": sum(1 for r in rows if r.get("capped")),
+            "nonfinite_policy": self.settings.nonfinite,
+        }
 
 
-LOSSES = ("weighted-ce", "ce", "kl-to-clean")
+def ci_relative_halfwidth(values: list[float], sizes: list[Any], n_boot: int, seed: int) -> float:
+    """``(hi - lo) / 2 / |mean|`` of the bootstrap 95 % CI (inf when undefined)."""
+    mean, _, (lo, hi) = weighted_summary(list(values), list(sizes), n_boot=n_boot, seed=seed)
+    if not (math.isfinite(mean) and math.isfinite(lo) and math.isfinite(hi)) or mean == 0:
+        return math.inf
+    return (hi - lo) / 2 / abs(mean)
 
 
-def make_loss(name: str) -> Loss:
-    if name == "weighted-ce":
-        return CrossEntropy(REFERENCE_CLASS_WEIGHTS)
-    if name == "ce":
-        return CrossEntropy(None)
-    if name == "kl-to-clean":
-        return KLToClean()
-    raise SharpscopeError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-
+# ---- losses (moved to :mod:`sharpscope.losses`; re-exported here during the transition) ---------------
 
 # ---- model outputs and batches ----------------------------------------------------------------------------
 
 
 def batch_lengths(batch: Any) -> torch.Tensor | None:
     """True lengths of a batch's utterances (crop ``full``), ``None`` where all are full length."""
-    return getattr(batch, "lengths", None) if not isinstance(batch, (dict, tuple, list)) else (
-        batch.get("lengths") if isinstance(batch, dict) else None
+    return (
+        getattr(batch, "lengths", None)
+        if not isinstance(batch, (dict, tuple, list))
+        else (batch.get("lengths") if isinstance(batch, dict) else None)
     )
 
 
@@ -230,9 +294,11 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, list[str] | No
     if hasattr(batch, "wave") and hasattr(batch, "labels"):
         return batch.wave, batch.labels, list(getattr(batch, "utt_ids", None) or []) or None
     if isinstance(batch, dict):
-        x = batch.get("wave", batch.get("x"))
-        y = batch.get("labels", batch.get("y"))
-        return x, y, batch.get("utt_ids")
+        # a dict batch's values are untyped; the keys above hold the input and label tensors
+        x = cast(torch.Tensor, batch.get("wave", batch.get("x")))
+        y = cast(torch.Tensor, batch.get("labels", batch.get("y")))
+        ids: list[str] | None = batch.get("utt_ids")
+        return x, y, ids
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         return batch[0], batch[1], (list(batch[2]) if len(batch) == 3 else None)
     raise TypeError(f"cannot read a batch of type {type(batch).__name__}; give a Batch, (x, y) or a dict")

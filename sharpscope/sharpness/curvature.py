@@ -40,14 +40,16 @@ mode and its parameters, buffers, flags and gradients are restored bit-for-bit a
 Batches whose loss at the unperturbed weights, or whose estimate, is NaN/inf are kept in ``per_batch`` with
 ``finite=False``, excluded from the mean and counted in ``n_nonfinite``.
 
-Constructor: ``HessianMax(HessianMaxSettings(...))`` or ``HessianMax(**settings)`` (same for
-``HessianTrace``).
+Constructor (the one form of every measure, :class:`~sharpscope.sharpness.base.EstimatorBase`):
+``HessianMax(HessianMaxSettings(...), **overrides)`` or ``HessianMax(**settings)`` (same for
+``HessianTrace``).  ``budget`` stops after that many utterances for all three; ``ci_width`` stopping applies
+to the per-batch measures (``hessian-max`` has one value for the whole set and refuses it).  ``n_utts`` /
+``n_batches`` count every batch processed, finite or not (``extra["n_utts_finite"]`` the finite ones).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,17 +60,17 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import (
+    BatchDriver,
     Cost,
+    DriverSettings,
+    EstimatorBase,
     Loss,
     SharpnessResult,
-    apply_nonfinite,
     batch_lengths,
     check_nonfinite,
-    check_nonfinite_policy,
     forward_logits,
     preserved,
     settings_dict,
-    weighted_summary,
 )
 from .hvp import AD_MODES, HessianOperator, batch_generator, batch_tensors, check_labels, model_device
 from .scope import resolve_scope
@@ -82,6 +84,14 @@ class LinearOperator(Protocol):
     def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
     def matmat(self, vs: torch.Tensor, block_size: int = 1) -> torch.Tensor: ...
+
+
+class _MatVec(Protocol):
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
 class _Shifted:
@@ -117,7 +127,7 @@ class EigenEstimate:
     shifted: bool = False  # power iteration needed the shifted second run
 
 
-def _power(op: LinearOperator, v: torch.Tensor, iterations: int, tol: float) -> tuple[float, int, bool]:
+def _power(op: _MatVec, v: torch.Tensor, iterations: int, tol: float) -> tuple[float, int, bool]:
     lam = math.nan
     for it in range(1, iterations + 1):
         hv = op.matvec(v)
@@ -216,36 +226,22 @@ def hutchpp(op: LinearOperator, gen: torch.Generator, n_queries: int, block_size
 # ---- estimators -------------------------------------------------------------------------------------------
 
 
-def _check_common(scope: str, seed: int, ad_mode: str, nonfinite: str = "error") -> None:
-    check_nonfinite_policy(nonfinite)
-    if ad_mode not in AD_MODES:
-        raise SpecError(f"unknown ad_mode {ad_mode!r}; choose one of {', '.join(AD_MODES)}")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-        raise SpecError(f"seed must be an integer, got {seed!r}")
-    if not isinstance(scope, str):
-        raise SpecError(f"scope must be a string (all, trainable, regex:PATTERN), got {scope!r}")
-
-
 @dataclass
-class HessianMaxSettings:
-    """Settings of :class:`HessianMax`.
+class HessianMaxSettings(DriverSettings):
+    """Settings of :class:`HessianMax` on top of :class:`~sharpscope.sharpness.base.DriverSettings`.
 
     ``method``: ``power`` or ``lanczos``; ``iterations``: maximum Hessian-vector products per run (power
-    iteration may run twice, see module docstring); ``tol``: relative convergence tolerance; ``scope``: the
-    parameters (``all``, ``trainable``, ``regex:PATTERN``, ``lora-merged``; see
-    :mod:`sharpscope.sharpness.scope`); ``ad_mode``: how products are taken
-    (see :mod:`~sharpscope.sharpness.hvp`).
+    iteration may run twice, see module docstring); ``tol``: relative convergence tolerance; ``ad_mode``: how
+    products are taken (see :mod:`~sharpscope.sharpness.hvp`).
     """
 
     method: str = "power"
     iterations: int = 100
     tol: float = 1e-4
-    seed: int = 0
-    scope: str = "all"
     ad_mode: str = "auto"
-    nonfinite: str = "error"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         if self.method not in ("power", "lanczos"):
             raise SpecError(f"hessian-max method must be power or lanczos, got {self.method!r}")
         if int(self.iterations) < 1:
@@ -253,25 +249,23 @@ class HessianMaxSettings:
         if not float(self.tol) >= 0:
             raise SpecError(f"hessian-max tol must be >= 0, got {self.tol!r}")
         self.iterations, self.tol = int(self.iterations), float(self.tol)
-        _check_common(self.scope, self.seed, self.ad_mode, self.nonfinite)
+        _check_ad_mode(self.ad_mode)
 
 
 @dataclass
-class HessianTraceSettings:
+class HessianTraceSettings(DriverSettings):
     """Settings of :class:`HessianTrace`: ``method`` ``hutchinson`` or ``hutch++``; ``n_queries``: Hessian-
     vector products per batch (≥ 3 for hutch++); ``block_size``: probe vectors per vectorised product (faster,
-    but activation memory × block_size; 1 = one product at a time); ``scope``, ``ad_mode`` as for
+    but activation memory × block_size; 1 = one product at a time); ``ad_mode`` as for
     :class:`HessianMaxSettings`."""
 
     method: str = "hutchinson"
     n_queries: int = 30
     block_size: int = 1
-    seed: int = 0
-    scope: str = "all"
     ad_mode: str = "auto"
-    nonfinite: str = "error"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         if self.method not in ("hutchinson", "hutch++"):
             raise SpecError(f"hessian-trace method must be hutchinson or hutch++, got {self.method!r}")
         self.n_queries = int(self.n_queries)
@@ -283,7 +277,12 @@ class HessianTraceSettings:
         self.block_size = int(self.block_size)
         if self.block_size < 1:
             raise SpecError(f"hessian-trace block_size must be >= 1, got {self.block_size}")
-        _check_common(self.scope, self.seed, self.ad_mode, self.nonfinite)
+        _check_ad_mode(self.ad_mode)
+
+
+def _check_ad_mode(ad_mode: str) -> None:
+    if ad_mode not in AD_MODES:
+        raise SpecError(f"unknown ad_mode {ad_mode!r}; choose one of {', '.join(AD_MODES)}")
 
 
 class _SumOperator:
@@ -317,7 +316,7 @@ class _SumOperator:
         return out  # type: ignore[return-value]
 
 
-class _PerBatchCurvature:
+class _PerBatchCurvature(EstimatorBase):
     """Shared loop of the curvature measures.
 
     ``full_set`` (class attribute): one algorithm run on the Hessian of the whole test-set loss
@@ -337,6 +336,8 @@ class _PerBatchCurvature:
     def estimate(self, model: nn.Module, batches: Iterable[Any], loss: Loss) -> SharpnessResult:
         s = self.settings
         cost = Cost()
+        driver = BatchDriver(self.name, s)
+        key = "weight" if self.weighting == "loss" else "size"
         rows: list[dict[str, Any]] = []
         ops: list[HessianOperator] = []
         mode, fallback = s.ad_mode, None
@@ -359,26 +360,33 @@ class _PerBatchCurvature:
                 rows.append(row)
                 if not math.isfinite(loss0):
                     row.update(value=math.nan, finite=False)
-                    check_nonfinite(s.nonfinite, self.name, i, batch, "the loss at w")
-                    continue
-                op = HessianOperator(net, loss, x, y, params, clean_logits=clean, ad_mode=mode, lengths=lens)
-                if self.full_set:
-                    ops.append(op)
+                elif self.full_set:
+                    ops.append(HessianOperator(net, loss, x, y, params, clean_logits=clean, ad_mode=mode,
+                                               lengths=lens))  # fmt: skip
                     row["finite"] = True
-                    continue
-                value, info = self._run(op, batch_generator(s.seed, i))
-                row.update(info)
-                cost.hvp += op.n_matvec
-                mode = op.mode
-                fallback = fallback or op.fallback_reason
-                row["value"] = value
-                row["finite"] = math.isfinite(value)
-                if not row["finite"]:
-                    check_nonfinite(s.nonfinite, self.name, i, batch, "the estimate")
-            apply_nonfinite(rows, s.nonfinite)
-            ok = [r for r in rows if r["used"]]
+                else:
+                    op = HessianOperator(net, loss, x, y, params, clean_logits=clean, ad_mode=mode,
+                                         lengths=lens)  # fmt: skip
+                    value, info = self._run(op, batch_generator(s.seed, i))
+                    row.update(info)
+                    cost.hvp += op.n_matvec
+                    mode = op.mode
+                    fallback = fallback or op.fallback_reason
+                    row["value"] = value
+                    row["finite"] = math.isfinite(value)
+                driver.check(row, batch)
+                driver.advance(size, None if self.full_set else rows, key)
+                if driver.done:
+                    break
             extra: dict[str, Any] = {"dim": int(dim)}
             extra["weighting"] = "full-set" if self.full_set else self.weighting
+            if not self.full_set:
+                mean, se, ci, ok = driver.summarise(rows, key)
+            else:  # rows carry no per-batch value; a batch is used when its loss at w is finite
+                for r in rows:
+                    r["used"] = bool(r["finite"])
+                ok = [r for r in rows if r["used"]]
+                mean, se, ci = math.nan, math.nan, (math.nan, math.nan)
             if self.full_set and ops:
                 total = sum(r["weight"] for r in ok)
                 sum_op = _SumOperator(ops, [r["weight"] / total for r in ok])
@@ -387,15 +395,10 @@ class _PerBatchCurvature:
                 mode = ops[0].mode
                 fallback = next((op.fallback_reason for op in ops if op.fallback_reason), None)
                 extra.update(info)
-                mean, se, ci = value, math.nan, (math.nan, math.nan)
+                mean = value
                 extra["ci_note"] = "one eigenvalue of the test-set Hessian: no CI over batches"
                 if not math.isfinite(value):
                     check_nonfinite(s.nonfinite, self.name, 0, None, "the test-set eigenvalue")
-            else:
-                key = "weight" if self.weighting == "loss" else "size"
-                mean, se, ci = weighted_summary(
-                    [r["value"] for r in ok], [r[key] for r in ok], seed=s.seed
-                )
         extra["ad_mode"] = mode
         if fallback:
             extra["ad_fallback_reason"] = fallback
@@ -404,13 +407,11 @@ class _PerBatchCurvature:
             value=mean,
             stderr=se,
             ci95=ci,
-            n_utts=sum(r["size"] for r in rows),
-            n_batches=len(rows),
             per_batch=rows,
             cost=cost.as_dict(),
             settings={**settings_dict(s), "loss": loss.name, "measure": self.name},
-            n_nonfinite=sum(1 for r in rows if not r["finite"]),
-            extra={**extra, "n_utts_finite": sum(r["size"] for r in ok)},
+            extra={**extra, **driver.extra(rows)},
+            **driver.counts(rows),
         )
 
 
@@ -421,11 +422,7 @@ class HessianMax(_PerBatchCurvature):
     name = "hessian-max"
     Settings = HessianMaxSettings
     full_set = True
-
-    def __init__(self, settings: HessianMaxSettings | None = None, **kwargs: Any) -> None:
-        if settings is not None and kwargs:
-            raise TypeError("give either a HessianMaxSettings or keyword settings, not both")
-        self.settings = settings if settings is not None else HessianMaxSettings(**kwargs)
+    has_ci = False
 
     def _run(self, op, gen):
         s = self.settings
@@ -449,6 +446,7 @@ class HessianMaxBatchMean(HessianMax):
 
     name = "hessian-max-batchmean"
     full_set = False
+    has_ci = True
     weighting = "size"
 
 
@@ -458,11 +456,6 @@ class HessianTrace(_PerBatchCurvature):
 
     name = "hessian-trace"
     Settings = HessianTraceSettings
-
-    def __init__(self, settings: HessianTraceSettings | None = None, **kwargs: Any) -> None:
-        if settings is not None and kwargs:
-            raise TypeError("give either a HessianTraceSettings or keyword settings, not both")
-        self.settings = settings if settings is not None else HessianTraceSettings(**kwargs)
 
     def _run(self, op, gen):
         s = self.settings

@@ -16,7 +16,11 @@ value by a size-weighted mean over batches.  This module does that outer part on
   :meth:`~BatchwiseEstimator.estimate_many` (several losses on the same batches, sharing the clean forward
   and, for average-case, the perturbed forwards too), and a streaming :meth:`~BatchwiseEstimator.session`
   that the runner uses to score and estimate in one pass.  Sampling statistics (budget, relative CI width with
-  sequential stopping, bootstrap CI) and NaN/inf handling live here.
+  sequential stopping, bootstrap CI) and NaN/inf handling are the shared
+  :class:`~sharpscope.sharpness.base.BatchDriver`, the same for every measure.
+* Micro-batches (``micro_batch`` setting): a batch's passes run ``k`` utterances at a time; gradients are
+  accumulated exactly (:meth:`BatchProblem._clean_grads_by_chunk`), so memory follows ``k``, values follow
+  the batch.
 
 Frozen prefix cache: a model may define ``frozen_prefix_split(names: set[str]) -> (prefix, suffix) | None``
 where ``model(x) == suffix(prefix(x))`` and every perturbed parameter lives in ``suffix``; the prefix output
@@ -28,9 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,81 +44,63 @@ from torch import nn
 
 from ..errors import SharpscopeError
 from ..models.outputs import length_groups, logits_of, output_layout
+from ..perturb import NORM_EPS, global_norm  # noqa: F401  (re-exported for the estimators)
 from .base import (
+    BatchDriver,
     Cost,
+    DriverSettings,
+    EstimatorBase,
     Loss,
     SharpnessResult,
-    apply_nonfinite,
     batch_lengths,
-    check_nonfinite,
-    check_nonfinite_policy,
+    ci_relative_halfwidth,  # noqa: F401  (re-exported)
     make_loss,
     preserved,
     settings_dict,
     unpack_batch,
 )
-from .base import weighted_summary as _weighted_summary
 
 PRECISIONS = ("fp32", "bf16")
-NORM_EPS = 1e-12  # added to every global norm (SAM / SAM-AntiSpoofing reference value)
 
 Hook = Callable[[Any, torch.Tensor], None]
 
 
 @dataclass
-class CommonSettings:
-    """Settings every batchwise estimator shares.
+class CommonSettings(DriverSettings):
+    """Settings every loss-based (batchwise) estimator shares, on top of :class:`DriverSettings` (scope, seed,
+    budget, ci_width, min_batches, n_boot, nonfinite).
 
-    * ``scope`` -- parameters perturbed: ``all``, ``trainable``, ``regex:PATTERN`` or ``lora-merged``
-      (see :mod:`sharpscope.sharpness.scope`).
     * ``per_layer`` -- 0: off; ``d >= 1``: additionally perturb each group of parameters sharing the first
       ``d`` components of their name (1 = top-level modules) on its own and report one value per group.
-    * ``budget`` -- stop after at least this many utterances (whole batches are used).
-    * ``ci_width`` -- stop as soon as the relative half-width of the bootstrap 95 % CI,
-      ``(hi - lo) / 2 / |value|``, is at most this, once ``min_batches`` finite batches are in (sequential
-      stopping makes the final CI slightly optimistic; pair it with ``shuffled``/``balanced`` batch order).
-    * ``seed`` -- seeds every random draw (noise, random starts, bootstrap).
     * ``precision`` -- ``fp32`` or ``bf16`` (autocast on the model's device; losses are computed in fp32).
-    * ``n_boot`` -- bootstrap resamples over batches for the CI.
-    * ``nonfinite`` -- what a NaN/inf batch value does: ``error`` (stop with one line naming the batch),
-      ``drop`` (exclude it, count it in ``n_nonfinite``) or ``cap`` (a perturbed divergence enters at the
-      largest finite batch value; see :func:`~sharpscope.sharpness.base.apply_nonfinite`).
+    * ``micro_batch`` -- ``None``: every pass over a batch runs at once; ``k``: passes with a gradient run
+      ``k`` utterances at a time and accumulate it (exact: the batch loss is ``Σ_c W_c·L_c / Σ_c W_c`` over
+      the micro-batches ``c``, ``W`` the loss's normaliser), and gradient-free passes run ``k`` at a time and
+      concatenate their logits.  Values are those of the whole batch (up to float rounding of the
+      reduction order); peak activation memory is that of ``k`` utterances.  The batch -- the ``m`` of
+      m-sharpness -- is still the data loader's batch.
     """
 
-    scope: str = "all"
     per_layer: int = 0
-    budget: int | None = None
-    ci_width: float | None = None
-    min_batches: int = 5
-    seed: int = 0
     precision: str = "fp32"
-    n_boot: int = 1000
-    nonfinite: str = "error"
+    micro_batch: int | None = None
 
     def validate(self) -> None:
-        check_nonfinite_policy(self.nonfinite)
+        super().validate()
         if self.precision not in PRECISIONS:
             raise SharpscopeError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
-        if self.budget is not None and self.budget < 1:
-            raise SharpscopeError(f"budget must be a positive number of utterances, got {self.budget}")
-        if self.ci_width is not None and not self.ci_width > 0:
-            raise SharpscopeError(f"ci_width must be a positive relative half-width, got {self.ci_width}")
-        if self.budget is not None and self.ci_width is not None:
-            raise SharpscopeError("give either budget or ci_width, not both")
-        if self.min_batches < 2:
-            raise SharpscopeError(f"min_batches must be at least 2 for a CI, got {self.min_batches}")
         if int(self.per_layer) < 0:
             raise SharpscopeError(f"per_layer must be 0 (off) or a name depth >= 1, got {self.per_layer}")
+        mb = self.micro_batch
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, numbers.Integral) or mb < 1):
+            raise SharpscopeError(
+                f"micro_batch must be a positive number of utterances (or unset), got {self.micro_batch!r}"
+            )
 
 
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from a tuple of integers (numpy SeedSequence): independent streams per batch/group."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """‖concat(tensors)‖₂ computed as the norm of the per-tensor norms (the SAM reference formula)."""
-    return torch.norm(torch.stack([t.norm(p=2) for t in tensors]), p=2)
 
 
 def _is_finite(v: float) -> bool:
@@ -145,8 +132,8 @@ class FunctionalForward:
                     self.prefix, self.module = prefix, suffix
                     self.rename = {n: ids[id(params[n])] for n in self.w}
         self.layout = output_layout(model)
-        self._inp: list[tuple[torch.Tensor | None, torch.Tensor]] = []
-        self._order: torch.Tensor | None = None
+        self.chunks: list[slice] = []
+        self._chunks: list[tuple[list[tuple[torch.Tensor | None, torch.Tensor]], torch.Tensor | None]] = []
 
     @property
     def uses_prefix_cache(self) -> bool:
@@ -157,44 +144,70 @@ class FunctionalForward:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
-    def set_input(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+    def set_input(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, micro_batch: int | None = None
+    ) -> None:
         """Fix the batch input (and compute the frozen prefix once, when there is one).
 
         With ``lengths`` (crop ``full``) every exact-length group is its own forward, trimmed to its length
-        (:mod:`sharpscope.models.outputs`), so no utterance's logits depend on its batch mates.
+        (:mod:`sharpscope.models.outputs`), so no utterance's logits depend on its batch mates.  With
+        ``micro_batch`` the batch is cut into consecutive chunks of at most that many utterances
+        (:attr:`chunks`), each evaluated on its own; a call without ``chunk`` concatenates their logits.
         """
+        n = int(x.shape[0])
+        step = max(1, n if micro_batch is None or micro_batch >= n else int(micro_batch))
+        self.chunks = [slice(lo, min(lo + step, n)) for lo in range(0, n, step)] or [slice(0, 0)]
+        self._chunks = [self._prepare(x[sl], None if lengths is None else lengths[sl]) for sl in self.chunks]
+
+    def _prepare(
+        self, x: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[list[tuple[torch.Tensor | None, torch.Tensor]], torch.Tensor | None]:
+        """The forward inputs of one chunk (length groups, prefix outputs) and the order restoring rows."""
         groups = length_groups(lengths)
+        order_back: torch.Tensor | None = None
         if groups is None:
             n = x.shape[-1] if lengths is None else int(lengths.max())
             parts: list[tuple[torch.Tensor | None, torch.Tensor]] = [(None, x[..., :n])]
-            self._order = None
         else:
             lens = lengths.detach().cpu()  # type: ignore[union-attr]
             parts = [(idx, x[idx.to(x.device)][..., : int(lens[idx[0]])]) for idx in groups]
             order = torch.cat(groups).to(x.device)
-            self._order = torch.empty_like(order)
-            self._order[order] = torch.arange(len(order), device=x.device)
+            order_back = torch.empty_like(order)
+            order_back[order] = torch.arange(len(order), device=x.device)
         if self.prefix is not None:
             with torch.no_grad(), self._autocast():
                 parts = [(idx, self.prefix(inp)) for idx, inp in parts]
-        self._inp = parts
+        return parts, order_back
 
-    def _merge(self, outs: list[torch.Tensor], dim: int) -> torch.Tensor:
-        if self._order is None:
+    @staticmethod
+    def _merge(outs: list[torch.Tensor], order: torch.Tensor | None, dim: int) -> torch.Tensor:
+        if order is None:
             return outs[0]
-        return torch.cat(outs, dim=dim).index_select(dim, self._order)
+        return torch.cat(outs, dim=dim).index_select(dim, order)
+
+    @staticmethod
+    def _join(outs: list[torch.Tensor], dim: int) -> torch.Tensor:
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=dim)
 
     def _out(self, out: Any) -> torch.Tensor:
         z = logits_of(out, self.layout)
         return z.float() if self.bf16 else z
 
-    def __call__(self, delta: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def __call__(
+        self, delta: dict[str, torch.Tensor] | None = None, chunk: int | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, C]`` at ``w + δ`` (``[b, C]`` of micro-batch ``chunk`` when given)."""
+        ks = range(len(self._chunks)) if chunk is None else [chunk]
+        return self._join([self._call_chunk(delta, k) for k in ks], 0)
+
+    def _call_chunk(self, delta: dict[str, torch.Tensor] | None, k: int) -> torch.Tensor:
+        parts, order = self._chunks[k]
         with self._autocast():
             if not delta:
-                return self._merge([self._out(self.module(inp)) for _, inp in self._inp], 0)
+                return self._merge([self._out(self.module(inp)) for _, inp in parts], order, 0)
             weights = {self.rename[n]: self.w[n] + d for n, d in delta.items()}
             call = torch.func.functional_call
-            return self._merge([self._out(call(self.module, weights, (inp,))) for _, inp in self._inp], 0)
+            return self._merge([self._out(call(self.module, weights, (inp,))) for _, inp in parts], order, 0)
 
     def batched(self, deltas: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``[c, B, C]`` for ``c`` perturbations stacked on dim 0 of each ``deltas`` entry (vmap)."""
@@ -204,14 +217,16 @@ class FunctionalForward:
             weights = {self.rename[n]: self.w[n] + t for n, t in d.items()}
             return logits_of(torch.func.functional_call(self.module, weights, (inp,)), layout)
 
-        outs = []
+        zs = []
         with self._autocast(), warnings.catch_warnings():
             # vmap falls back to a per-sample loop for ops without a batching rule (e.g. weight norm) and says
             # so once per call; the result is still exact, the warning is noise here.
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            for _, inp in self._inp:
-                outs.append(torch.func.vmap(one, in_dims=(0, None), randomness="error")(deltas, inp))
-        z = self._merge(outs, 1)
+            for parts, order in self._chunks:
+                vm = torch.func.vmap(one, in_dims=(0, None), randomness="error")
+                outs = [vm(deltas, inp) for _, inp in parts]
+                zs.append(self._merge(outs, order, 1))
+        z = self._join(zs, 1)
         return z.float() if self.bf16 else z
 
 
@@ -235,6 +250,7 @@ class BatchProblem:
         shared: Cost,
         need_grad: bool,
         lengths: torch.Tensor | None = None,
+        micro_batch: int | None = None,
     ) -> None:
         self.fwd, self.x, self.y, self.losses, self.costs, self.shared = (
             fwd,
@@ -247,12 +263,14 @@ class BatchProblem:
         self.w = fwd.w
         self.last_parts: list[dict[str, float]] = [{} for _ in self.losses]
         self.parts_log: list[list[dict[str, float]]] = []  # per perturbation of values_all*: per loss
-        fwd.set_input(x, lengths)
+        fwd.set_input(x, lengths, micro_batch)
         self.grads: list[dict[str, torch.Tensor] | None] = [None] * len(self.losses)
         shared.forward += 1
         for c in costs:
             c.forward += 1
-        if need_grad:
+        if need_grad and len(fwd.chunks) > 1:
+            self._clean_grads_by_chunk()
+        elif need_grad:
             zeros = {n: torch.zeros_like(w, requires_grad=True) for n, w in self.w.items()}
             with torch.enable_grad():
                 logits = fwd(zeros)
@@ -281,6 +299,44 @@ class BatchProblem:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def _clean_grads_by_chunk(self) -> None:
+        """Clean logits, losses and ascent gradients with one micro-batch in memory at a time.
+
+        The batch loss is ``L = Σ_c W_c·L_c / Σ_c W_c`` over the micro-batches ``c`` (``W`` the loss's
+        normaliser, :meth:`~sharpscope.losses.Loss.batch_weight`), so ``∇L = Σ_c W_c·∇L_c / Σ_c W_c``:
+        the unnormalised sum and the normaliser are accumulated and divided once.  Losses at ``w`` are taken
+        on the concatenated clean logits, i.e. over the whole batch.
+        """
+        zeros = {n: torch.zeros_like(w, requires_grad=True) for n, w in self.w.items()}
+        sums: list[dict[str, torch.Tensor]] = [{} for _ in self.losses]
+        norms = [0.0] * len(self.losses)
+        logits = []
+        for k, sl in enumerate(self.fwd.chunks):
+            with torch.enable_grad():
+                zk = self.fwd(zeros, chunk=k)
+                ck = zk.detach()
+                for i, loss in enumerate(self.losses):
+                    asc = loss.ascent_loss(zk, self.y[sl], ck)
+                    g = torch.autograd.grad(asc, list(zeros.values()), retain_graph=True, allow_unused=True)
+                    wk = loss.ascent_weight(self.y[sl])
+                    norms[i] += wk
+                    for n, gi in zip(zeros, g, strict=True):
+                        if gi is not None:
+                            sums[i][n] = sums[i][n] + wk * gi if n in sums[i] else wk * gi
+            logits.append(ck)
+            del zk
+        self.clean_logits = torch.cat(logits, 0)
+        self.clean_loss = []
+        for i, loss in enumerate(self.losses):
+            with torch.no_grad():
+                self.clean_loss.append(float(loss(self.clean_logits, self.y, self.clean_logits)))
+            self.last_parts[i] = self.class_parts(i, self.clean_logits)
+            if not _is_finite(self.clean_loss[-1]):
+                continue
+            self.grads[i] = {n: t / norms[i] for n, t in sums[i].items()}
+            self.costs[i].backward += 1  # counted per batch, as without micro-batches
+            self.shared.backward += 1
 
     def loss_tensor(self, i: int, logits: torch.Tensor) -> torch.Tensor:
         return self.losses[i](logits, self.y, self.clean_logits)
@@ -338,12 +394,37 @@ class BatchProblem:
         return [[float(self.loss_tensor(i, z[k])) for i in range(len(self.losses))] for k in range(c)]
 
     def value_and_grad(self, i: int, delta: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
-        """Loss ``i`` at ``w + δ`` and its gradient w.r.t. δ (zeros for parameters the loss does not use)."""
+        """Loss ``i`` at ``w + δ`` and its gradient w.r.t. δ (zeros for parameters the loss does not use).
+
+        With micro-batches the gradient is ``Σ_c W_c·∇L_c / Σ_c W_c`` (see :meth:`_clean_grads_by_chunk`) and
+        the value is the loss of the concatenated logits.
+        """
         d = {n: t.detach().requires_grad_(True) for n, t in delta.items()}
-        with torch.enable_grad():
-            z = self.fwd(d)
-            value = self.loss_tensor(i, z)
-            g = torch.autograd.grad(value, list(d.values()), allow_unused=True)
+        if len(self.fwd.chunks) > 1:
+            loss = self.losses[i]
+            sums: dict[str, torch.Tensor] = {}
+            norm = 0.0
+            zs = []
+            for k, sl in enumerate(self.fwd.chunks):
+                with torch.enable_grad():
+                    zk = self.fwd(d, chunk=k)
+                    lk = loss(zk, self.y[sl], self.clean_logits[sl])
+                    gk = torch.autograd.grad(lk, list(d.values()), allow_unused=True)
+                wk = loss.batch_weight(self.y[sl])
+                norm += wk
+                for n, gi in zip(d, gk, strict=True):
+                    if gi is not None:
+                        sums[n] = sums[n] + wk * gi if n in sums else wk * gi
+                zs.append(zk.detach())
+            z = torch.cat(zs, 0)
+            with torch.no_grad():
+                value = self.loss_tensor(i, z)
+            g: tuple[torch.Tensor | None, ...] = tuple(sums[n] / norm if n in sums else None for n in d)
+        else:
+            with torch.enable_grad():
+                z = self.fwd(d)
+                value = self.loss_tensor(i, z)
+                g = torch.autograd.grad(value, list(d.values()), allow_unused=True)
         self.last_parts[i] = self.class_parts(i, z)
         self.costs[i].forward += 1
         self.costs[i].backward += 1
@@ -358,14 +439,6 @@ class BatchProblem:
 # ---- statistics of the estimate ----------------------------------------------------------------------------
 
 
-def ci_relative_halfwidth(values: Sequence[float], sizes: Sequence[int], n_boot: int, seed: int) -> float:
-    """``(hi - lo) / 2 / |mean|`` of the bootstrap 95 % CI (inf when undefined)."""
-    mean, _, (lo, hi) = _weighted_summary(list(values), list(sizes), n_boot=n_boot, seed=seed)
-    if not (math.isfinite(mean) and math.isfinite(lo) and math.isfinite(hi)) or mean == 0:
-        return math.inf
-    return (hi - lo) / 2 / abs(mean)
-
-
 @dataclass
 class _Track:
     """Per-loss running record of a session."""
@@ -374,10 +447,6 @@ class _Track:
     cost: Cost = field(default_factory=Cost)
     per_batch: list[dict[str, Any]] = field(default_factory=list)
     per_layer: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
-
-    def finite(self) -> tuple[list[float], list[int]]:
-        rows = [r for r in self.per_batch if r["finite"]]
-        return [r["value"] for r in rows], [r["size"] for r in rows]
 
 
 class EstimateSession:
@@ -400,10 +469,7 @@ class EstimateSession:
         self.hook = hook
         self.tracks = [_Track(loss) for loss in losses]
         self.shared = Cost()
-        self.n_utts = 0
-        self.n_batches = 0
-        self.done = False
-        self.stop_reason = "data exhausted"
+        self.driver = BatchDriver(estimator.name, estimator.settings)
         self.extra: dict[str, Any] = {}
         self._stack: contextlib.ExitStack | None = None
 
@@ -462,6 +528,7 @@ class EstimateSession:
             self.shared,
             self.est.needs_clean_grad,
             batch_lengths(batch),
+            s.micro_batch,
         )
         size = len(pb)
         outs = self.est.batch_values(pb, self.names, derive_seed(s.seed, index, 0))
@@ -472,7 +539,7 @@ class EstimateSession:
         for i, t in enumerate(self.tracks):
             value, info = outs[i]
             finite = _is_finite(pb.clean_loss[i]) and _is_finite(value)
-            row = {
+            row: dict[str, Any] = {
                 "index": index,
                 "size": size,
                 "value": value,
@@ -480,48 +547,45 @@ class EstimateSession:
                 "clean_loss": pb.clean_loss[i],
             }
             row.update(info)
-            if not finite:
-                what = "loss at w" if not _is_finite(pb.clean_loss[i]) else f"{self.est.name} value"
-                check_nonfinite(s.nonfinite, f"{self.est.name} ({t.loss.name})", index, batch, what)
+            self.driver.check(row, batch, f"{self.est.name} ({t.loss.name})")
             if self.groups:
                 row["per_layer"] = {g: group_outs[g][i][0] for g in self.groups}
                 for g in self.groups:
                     t.per_layer.setdefault(g, []).append((group_outs[g][i][0], size))
             t.per_batch.append(row)
-        self.n_utts += size
-        self.n_batches += 1
+        self.driver.advance(size, self.tracks[0].per_batch)  # stopping rules follow the first loss
         if self.hook is not None:
             self.hook(batch, pb.clean_logits)
-        self._update_stop()
         return pb.clean_logits
+
+    @property
+    def n_utts(self) -> int:
+        return self.driver.n_utts
+
+    @property
+    def n_batches(self) -> int:
+        return self.driver.n_batches
+
+    @property
+    def done(self) -> bool:
+        return self.driver.done
+
+    @property
+    def stop_reason(self) -> str:
+        return self.driver.stop_reason
 
     def score(self, batch: Any) -> torch.Tensor:
         """Clean logits of a batch without estimating (scoring the rest of a set after an early stop)."""
         x, _, _ = unpack_batch(batch)
-        self.fwd.set_input(x.to(self.fwd.device), batch_lengths(batch))
+        self.fwd.set_input(x.to(self.fwd.device), batch_lengths(batch), self.est.settings.micro_batch)
         with torch.no_grad():
             return self.fwd(None).detach()
-
-    def _update_stop(self) -> None:
-        s = self.est.settings
-        if s.budget is not None and self.n_utts >= s.budget:
-            self.done, self.stop_reason = True, f"budget of {s.budget} utterances reached"
-        elif s.ci_width is not None:
-            values, sizes = self.tracks[0].finite()
-            if len(values) >= s.min_batches:
-                rel = ci_relative_halfwidth(values, sizes, s.n_boot, s.seed)
-                if rel <= s.ci_width:
-                    self.done = True
-                    self.stop_reason = f"relative CI half-width {rel:.4g} <= {s.ci_width}"
 
     def results(self) -> list[SharpnessResult]:
         s = self.est.settings
         out = []
         for t in self.tracks:
-            apply_nonfinite(t.per_batch, s.nonfinite)
-            used = [r for r in t.per_batch if r["used"]]
-            values, sizes = [r["value"] for r in used], [r["size"] for r in used]
-            mean, se, ci = _weighted_summary(values, sizes, n_boot=s.n_boot, seed=s.seed)
+            mean, se, ci, used = self.driver.summarise(t.per_batch)
             per_class = _per_class_mean(used)
             per_layer = None
             if self.groups:
@@ -534,10 +598,7 @@ class EstimateSession:
             settings = {**settings_dict(s), "loss": t.loss.name, "measure": self.est.name}
             extra = {
                 **self.extra,
-                "stop_reason": self.stop_reason,
-                "n_utts_finite": int(sum(r["size"] for r in t.per_batch if r["finite"])),
-                "n_capped": sum(1 for r in t.per_batch if r.get("capped")),
-                "nonfinite_policy": s.nonfinite,
+                **self.driver.extra(t.per_batch),
                 "per_class": per_class,
                 "cost_shared_total": self.shared.as_dict(),
                 "param_groups": {g: len(v) for g, v in self.groups.items()} if self.groups else None,
@@ -548,14 +609,12 @@ class EstimateSession:
                     value=mean,
                     stderr=se,
                     ci95=ci,
-                    n_utts=self.n_utts,
-                    n_batches=self.n_batches,
                     per_batch=t.per_batch,
                     cost=t.cost.as_dict(),
                     settings=settings,
-                    n_nonfinite=sum(1 for r in t.per_batch if not r["finite"]),
                     per_layer=per_layer,
                     extra=extra,
+                    **self.driver.counts(t.per_batch),
                 )
             )
         return out
@@ -579,32 +638,19 @@ def as_loss(loss: Loss | str) -> Loss:
     return make_loss(loss) if isinstance(loss, str) else loss
 
 
-class BatchwiseEstimator:
+class BatchwiseEstimator(EstimatorBase):
     """Base class of the loss-based estimators.
 
     Subclasses set ``name``, ``Settings`` (a dataclass deriving from :class:`CommonSettings`),
-    ``needs_clean_grad`` and implement :meth:`batch_values`.  Construct with a settings object and/or keyword
-    overrides: ``MSharpness(rho=0.1)``, ``MSharpness(MSharpnessSettings(rho=0.1))``.
+    ``needs_clean_grad`` and implement :meth:`batch_values`.  Construct as every measure
+    (:class:`~sharpscope.sharpness.base.EstimatorBase`): ``MSharpness(rho=0.1)``,
+    ``MSharpness(MSharpnessSettings(rho=0.1))``.
     """
 
     name: str = "batchwise"
-    Settings: type = CommonSettings
+    Settings: type[DriverSettings] = CommonSettings
+    settings: Any
     needs_clean_grad: bool = False
-
-    def __init__(self, settings: Any = None, **overrides: Any) -> None:
-        valid = {f.name for f in fields(self.Settings)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise SharpscopeError(
-                f"measure {self.name!r} has no setting(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(valid))}"
-            )
-        base = settings if settings is not None else self.Settings()
-        self.settings = replace(base, **overrides)
-        self.settings.validate()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.settings})"
 
     def batch_values(
         self, pb: BatchProblem, names: list[str], seed: int

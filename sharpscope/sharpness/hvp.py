@@ -150,8 +150,7 @@ class HessianOperator:
             return float(self._loss(self.theta))
 
     def _hvp_forward(self, vs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        _, hv = jvp(grad(self._loss), (self.theta,), (vs,))
-        return hv
+        return jvp(grad(self._loss), (self.theta,), (vs,))[1]
 
     def _hvp_reverse(self, vs: tuple[torch.Tensor, ...], batched: bool = False) -> tuple[torch.Tensor, ...]:
         """Double back-propagation; with ``batched`` every ``vs[i]`` has a leading block dimension."""

@@ -22,8 +22,10 @@ Conventions implemented here:
   ``radius`` (default: the largest |α|) on both sides, ½[L(w + r·d) + L(w − r·d)] − L(w); in 2-D over both
   directions of every pair.  For a quadratic bowl this is ½ r² dᵀHd, a filter-normalised curvature.  Per batch
   the same quantity is computed on that batch's losses, which gives the standard error over batches.
-* A batch with a NaN/inf loss at any evaluated point is excluded from curves and value (kept in
-  ``per_batch`` with ``finite=False``, counted in ``n_nonfinite``).
+* A batch with a NaN/inf loss at any evaluated point is non-finite: under the default policy ``drop`` it is
+  excluded from curves and value (kept in ``per_batch`` with ``finite=False``, counted in ``n_nonfinite``);
+  ``error`` stops with one line, ``cap`` enters its value at the largest finite batch value (curves still
+  use finite batches only).  ``n_utts`` / ``n_batches`` count every batch processed, finite or not.
 * ``extra`` (JSON-serialisable lists, what the plots use): ``alphas``, ``loss0``, ``radius``,
   ``direction_norm_ratio`` (‖d‖/‖w‖ over the scope); 1-D: ``curves`` (n_directions × n_alphas), ``mean`` and
   ``std`` across directions (sample std, zeros for one direction); 2-D: ``grids``
@@ -35,7 +37,6 @@ The model's parameters and buffers are restored bit-for-bit afterwards (also on 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,14 +47,16 @@ from torch import nn
 
 from ..errors import SpecError
 from .base import (
+    BatchDriver,
     Cost,
+    DriverSettings,
+    EstimatorBase,
     Loss,
     SharpnessResult,
     batch_lengths,
     forward_logits,
     preserved,
     settings_dict,
-    weighted_summary,
 )
 from .hvp import batch_tensors, check_labels, model_device
 from .scope import resolve_scope
@@ -66,18 +69,20 @@ def _default_alphas() -> list[float]:
 
 
 @dataclass
-class LandscapeSettings:
-    """Settings of :class:`Landscape`: grid ``alphas`` (both axes in 2-D), ``dims`` 1 or 2, ``n_directions``
-    (directions in 1-D, direction pairs in 2-D), ``radius`` of the summary (default max |α|), ``scope``."""
+class LandscapeSettings(DriverSettings):
+    """Settings of :class:`Landscape` on top of :class:`~sharpscope.sharpness.base.DriverSettings`: grid
+    ``alphas`` (both axes in 2-D), ``dims`` 1 or 2, ``n_directions`` (directions in 1-D, direction pairs in
+    2-D), ``radius`` of the summary (default max |α|).  ``nonfinite`` defaults to ``drop`` here: a slice
+    through a region where the loss overflows is data, not an error."""
 
     alphas: list[float] = field(default_factory=_default_alphas)
     dims: int = 1
     n_directions: int = 3
     radius: float | None = None
-    seed: int = 0
-    scope: str = "all"
+    nonfinite: str = "drop"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         try:
             self.alphas = [float(a) for a in self.alphas]
         except (TypeError, ValueError):
@@ -96,8 +101,6 @@ class LandscapeSettings:
         self.radius = float(self.radius)
         if not (math.isfinite(self.radius) and self.radius >= 0):
             raise SpecError(f"landscape radius must be a finite number >= 0, got {self.radius!r}")
-        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool):
-            raise SpecError(f"seed must be an integer, got {self.seed!r}")
 
 
 # ---- directions -------------------------------------------------------------------------------------------
@@ -133,133 +136,110 @@ def _norm_ratio(d: Direction, params: Mapping[str, torch.Tensor]) -> float:
     return dn / wn if wn > 0 else math.nan
 
 
-def _empty_result(name: str, s: LandscapeSettings, loss: Loss) -> SharpnessResult:
-    return SharpnessResult(
-        measure=name,
-        value=math.nan,
-        stderr=math.nan,
-        ci95=(math.nan, math.nan),
-        n_utts=0,
-        n_batches=0,
-        cost=Cost().as_dict(),
-        settings={**settings_dict(s), "loss": loss.name},
-        extra={"alphas": list(s.alphas), "radius": s.radius, "dims": s.dims, "loss0": math.nan},
-    )
-
-
 # ---- the estimator ----------------------------------------------------------------------------------------
 
 
-class Landscape:
+class Landscape(EstimatorBase):
     """``landscape``: 1-D / 2-D loss slices along filter-normalised random directions (Li et al. 2018).
 
-    Constructor: ``Landscape(LandscapeSettings(...))`` or ``Landscape(**settings)``.
+    Constructor: ``Landscape(LandscapeSettings(...), **overrides)`` or ``Landscape(**settings)``.  Runs batch
+    by batch like every measure (budget / CI stopping, non-finite policy): the directions are regenerated from
+    ``seed`` for every batch (the same directions on every batch, memory for ``dims`` of them at a time).
     """
 
     name = "landscape"
     Settings = LandscapeSettings
-
-    def __init__(self, settings: LandscapeSettings | None = None, **kwargs: Any) -> None:
-        if settings is not None and kwargs:
-            raise TypeError("give either a LandscapeSettings or keyword settings, not both")
-        self.settings = settings if settings is not None else LandscapeSettings(**kwargs)
+    settings: LandscapeSettings
 
     def estimate(self, model: nn.Module, batches: Iterable[Any], loss: Loss) -> SharpnessResult:
         s = self.settings
         cost = Cost()
+        driver = BatchDriver(self.name, s)
+        alphas, r = s.alphas, float(s.radius)  # type: ignore[arg-type]  # validate() set it
+        rows: list[dict[str, Any]] = []
+        grids: list[np.ndarray] = []  # per batch: n_dir × n_alpha (× n_alpha)
+        ratios: list[float] = []
         with preserved(model):
             net, params = resolve_scope(model, s.scope)  # net is a merged copy for lora-merged
             net.eval()
             device = model_device(net)
-            batch_list = list(batches)
-            data = [batch_tensors(b, device) for b in batch_list]
-            lens = [batch_lengths(b) for b in batch_list]
-            if not data:
-                return _empty_result(self.name, s, loss)
-            for i, (_, y, _) in enumerate(data):
-                check_labels(loss, y, i)
-            sizes = np.array([n for _, _, n in data], dtype=float)
             w0 = {n: p.detach().clone() for n, p in params.items()}
-            gen = torch.Generator().manual_seed(int(s.seed))  # same stream as make_directions
-
-            clean: list[torch.Tensor] = []
-            l0 = []
-            with torch.no_grad():
-                for (x, y, _), ln in zip(data, lens, strict=True):
-                    logits = forward_logits(net, x, ln)
-                    cost.forward += 1
-                    if loss.needs_clean:
-                        clean.append(logits)
-                    l0.append(float(loss(logits, y, logits if loss.needs_clean else None)))
-            loss0 = np.array(l0)
-
-            def losses_at(group: list[Direction], a: float, b: float = 0.0) -> np.ndarray:
-                """Per-batch losses at w + a·d₁ + b·d₂ (no gradient)."""
-                if a == 0.0 and b == 0.0:
-                    return loss0
+            for i, batch in enumerate(batches):
+                x, y, size = batch_tensors(batch, device)
+                lens = batch_lengths(batch)
+                check_labels(loss, y, i)
                 with torch.no_grad():
-                    for n, p in params.items():
-                        new = w0[n].clone()
-                        if a != 0.0:
-                            new.add_(group[0][n], alpha=a)
-                        if b != 0.0:
-                            new.add_(group[1][n], alpha=b)
-                        p.copy_(new)
-                    vals = []
-                    for i, (x, y, _) in enumerate(data):
-                        logits = forward_logits(net, x, lens[i])
+                    logits = forward_logits(net, x, lens)
+                cost.forward += 1
+                clean = logits if loss.needs_clean else None
+                loss0 = float(loss(logits, y, clean))
+
+                def loss_at(
+                    group: list[Direction], a: float, b: float = 0.0,
+                    x=x, y=y, lens=lens, clean=clean, loss0=loss0,
+                ) -> float:  # fmt: skip
+                    """This batch's loss at w + a·d₁ + b·d₂ (no gradient)."""
+                    if a == 0.0 and b == 0.0:
+                        return loss0
+                    with torch.no_grad():
+                        for n, p in params.items():
+                            new = w0[n].clone()
+                            if a != 0.0:
+                                new.add_(group[0][n], alpha=a)
+                            if b != 0.0:
+                                new.add_(group[1][n], alpha=b)
+                            p.copy_(new)
+                        z = forward_logits(net, x, lens)
                         cost.forward += 1
-                        vals.append(float(loss(logits, y, clean[i] if loss.needs_clean else None)))
-                return np.array(vals)
+                        return float(loss(z, y, clean))
 
-            alphas, r = s.alphas, s.radius
-            per, summary, ratios = [], [], []
-            # one direction group at a time: memory is w plus `dims` directions, whatever n_directions
-            for _ in range(s.n_directions):
-                group = [filter_normalized_direction(w0, gen) for _ in range(s.dims)]
-                ratios.extend(_norm_ratio(d, w0) for d in group)
-                memo: dict[tuple[float, float], np.ndarray] = {}
+                gen = torch.Generator().manual_seed(int(s.seed))  # same stream as make_directions
+                per, summary = [], []
+                for _ in range(s.n_directions):  # one direction group at a time
+                    group = [filter_normalized_direction(w0, gen) for _ in range(s.dims)]
+                    if i == 0:
+                        ratios.extend(_norm_ratio(d, w0) for d in group)
+                    memo: dict[tuple[float, float], float] = {}
 
-                def at(a: float, b: float = 0.0, group=group, memo=memo) -> np.ndarray:
-                    if (a, b) not in memo:
-                        memo[(a, b)] = losses_at(group, a, b)
-                    return memo[(a, b)]
+                    def at(a: float, b: float = 0.0, group=group, memo=memo) -> float:
+                        if (a, b) not in memo:
+                            memo[(a, b)] = loss_at(group, a, b)
+                        return memo[(a, b)]
 
-                if s.dims == 1:
-                    per.append(np.stack([at(a) for a in alphas], 1))  # n_batches × n_alpha
-                    summary.append((at(r) + at(-r)) / 2 - loss0)
-                else:
-                    per.append(np.stack([np.stack([at(a, b) for b in alphas], 1) for a in alphas], 1))
-                    summary.append((at(r, 0.0) + at(-r, 0.0) + at(0.0, r) + at(0.0, -r)) / 4 - loss0)
-            per_arr = np.stack(per)  # n_dir × n_batches × n_alpha (× n_alpha)
-            per_batch_value = np.mean(np.stack(summary), axis=0)
-            finite = np.isfinite(loss0) & np.isfinite(per_batch_value)
-            finite &= np.isfinite(per_arr.reshape(per_arr.shape[0], per_arr.shape[1], -1)).all(axis=(0, 2))
-
-        rows = [
-            {
-                "index": i,
-                "size": int(sizes[i]),
-                "loss": float(loss0[i]),
-                "value": float(per_batch_value[i]),
-                "finite": bool(finite[i]),
-            }
-            for i in range(len(data))
-        ]
-        ok = finite
-        mean, se, ci = weighted_summary(
-            [float(v) for v in per_batch_value[ok]], [int(n) for n in sizes[ok]], seed=s.seed
-        )
+                    if s.dims == 1:
+                        per.append(np.array([at(a) for a in alphas]))
+                        summary.append((at(r) + at(-r)) / 2 - loss0)
+                    else:
+                        per.append(np.array([[at(a, b) for b in alphas] for a in alphas]))
+                        summary.append((at(r, 0.0) + at(-r, 0.0) + at(0.0, r) + at(0.0, -r)) / 4 - loss0)
+                with torch.no_grad():  # back to w before the next batch's clean pass
+                    for n, p in params.items():
+                        p.copy_(w0[n])
+                grid = np.stack(per)
+                value = float(np.mean(summary))
+                finite = math.isfinite(loss0) and math.isfinite(value) and bool(np.isfinite(grid).all())
+                row = {"index": i, "size": size, "loss": loss0, "clean_loss": loss0, "value": value}
+                row["finite"] = finite
+                rows.append(row)
+                grids.append(grid)
+                driver.check(row, batch)
+                driver.advance(size, rows)
+                if driver.done:
+                    break
+        mean, se, ci, used = driver.summarise(rows)
         extra: dict[str, Any] = {
             "alphas": list(alphas),
             "radius": r,
             "dims": s.dims,
             "direction_norm_ratio": ratios,
         }
-        if ok.any():
-            wts = sizes[ok] / sizes[ok].sum()
-            curves = np.tensordot(per_arr[:, ok], wts, axes=([1], [0]))  # n_dir × n_alpha (× n_alpha)
-            extra["loss0"] = float(np.dot(loss0[ok], wts))
+        ok = [k for k, row in enumerate(rows) if row["finite"]]  # curves: finite batches only (none capped)
+        if ok:
+            sizes = np.array([rows[k]["size"] for k in ok], dtype=float)
+            wts = sizes / sizes.sum()
+            per_arr = np.stack([grids[k] for k in ok], axis=1)  # n_dir × n_ok × n_alpha (× n_alpha)
+            curves = np.tensordot(per_arr, wts, axes=([1], [0]))  # n_dir × n_alpha (× n_alpha)
+            extra["loss0"] = float(np.dot(np.array([rows[k]["loss"] for k in ok]), wts))
             std = curves.std(axis=0, ddof=1) if s.n_directions > 1 else np.zeros_like(curves[0])
             if s.dims == 1:
                 extra.update(curves=curves.tolist(), mean=curves.mean(axis=0).tolist(), std=std.tolist())
@@ -272,11 +252,9 @@ class Landscape:
             value=mean,
             stderr=se,
             ci95=ci,
-            n_utts=int(sizes[ok].sum()),
-            n_batches=int(ok.sum()),
             per_batch=rows,
             cost=cost.as_dict(),
             settings={**settings_dict(s), "loss": loss.name},
-            n_nonfinite=int((~ok).sum()),
-            extra=extra,
+            extra={**extra, **driver.extra(rows)},
+            **driver.counts(rows),
         )

@@ -24,8 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..errors import SharpscopeError
-from .engine import NORM_EPS, BatchProblem, BatchwiseEstimator, CommonSettings, global_norm
+from ..perturb import sam_perturbation
+from .engine import BatchProblem, BatchwiseEstimator, CommonSettings
 
 
 @dataclass
@@ -41,16 +44,14 @@ class MSharpnessSettings(CommonSettings):
             raise SharpscopeError(f"rho must be positive, got {self.rho}")
 
 
-def one_step_perturbation(w, g, rho: float, adaptive: bool):
-    """ε of the reference one-step estimator for gradients ``g`` (dict) at weights ``w`` (dict)."""
-    if adaptive:
-        norm = global_norm(w[n].abs() * g[n] for n in g)
-    else:
-        norm = global_norm(g.values())
-    scale = rho / (norm + NORM_EPS)
-    if adaptive:
-        return {n: w[n] * w[n] * g[n] * scale for n in g}
-    return {n: g[n] * scale for n in g}
+def one_step_perturbation(
+    w: dict[str, torch.Tensor], g: dict[str, torch.Tensor], rho: float, adaptive: bool
+) -> dict[str, torch.Tensor]:
+    """ε of the reference one-step estimator for gradients ``g`` (dict) at weights ``w`` (dict): the SAM /
+    ASAM ascent step of training (:func:`sharpscope.perturb.sam_perturbation`, ASAM with η = 0)."""
+    names = list(g)
+    eps = sam_perturbation([w[n] for n in names], [g[n] for n in names], rho, adaptive, eta=0.0)
+    return dict(zip(names, eps, strict=True))
 
 
 class MSharpness(BatchwiseEstimator):

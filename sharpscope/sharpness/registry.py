@@ -1,19 +1,20 @@
 """Measure registry: one name -> one estimator class, imported lazily by path.
 
-A new measure is one new module plus one line in :data:`MEASURES`.  Each estimator class takes its settings
-dataclass (or keyword overrides) in its constructor; :func:`make_estimator` builds one from keyword settings
-and rejects settings the measure does not have, naming the valid ones.
+A new measure is one new module plus one line in :data:`MEASURES`.  Every registered class derives from
+:class:`~sharpscope.sharpness.base.EstimatorBase` (one constructor form: its ``Settings`` dataclass and/or
+keyword overrides, validated; one per-batch driver) and so satisfies the
+:class:`~sharpscope.sharpness.base.Estimator` protocol; :func:`make_estimator` builds one from keyword
+settings and rejects settings the measure does not have, naming the valid ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
-import typing
 from typing import Any
 
 from ..errors import SharpscopeError
+from .base import DriverSettings, Estimator, EstimatorBase
 
 MEASURES: dict[str, str] = {
     "m-sharpness": "sharpscope.sharpness.m_sharpness:MSharpness",
@@ -26,8 +27,8 @@ MEASURES: dict[str, str] = {
 }
 
 
-def estimator_class(name: str) -> type:
-    """The estimator class registered as ``name``."""
+def estimator_class(name: str) -> type[EstimatorBase]:
+    """The estimator class registered as ``name`` (an :class:`~sharpscope.sharpness.base.EstimatorBase`)."""
     try:
         path = MEASURES[name]
     except KeyError:
@@ -36,49 +37,24 @@ def estimator_class(name: str) -> type:
         ) from None
     module, _, attr = path.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)
+        cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise SharpscopeError(f"sharpness measure {name!r} is not available ({path}: {exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, EstimatorBase)):
+        raise SharpscopeError(f"sharpness measure {name!r} ({path}) does not derive from EstimatorBase")
+    return cls
 
 
-def settings_class(cls: type) -> type | None:
-    """The settings dataclass of an estimator class: its ``Settings`` attribute, else the dataclass annotated
-    on the first constructor argument, else ``None`` (the constructor takes keywords directly)."""
-    st = getattr(cls, "Settings", None)
-    if isinstance(st, type) and dataclasses.is_dataclass(st):
-        return st
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolved forward references: fall back to keywords
-        return None
-    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-    if params:
-        for t in (hints.get(params[0].name), *typing.get_args(hints.get(params[0].name))):
-            if isinstance(t, type) and dataclasses.is_dataclass(t):
-                return t
-    return None
+def settings_class(cls: type[EstimatorBase]) -> type[DriverSettings]:
+    """The settings dataclass of an estimator class (its ``Settings``)."""
+    return cls.Settings
 
 
 def measure_settings(name: str) -> list[str]:
     """Names of the settings a measure accepts."""
-    st = settings_class(estimator_class(name))
-    return [f.name for f in dataclasses.fields(st)] if st is not None else []
+    return [f.name for f in dataclasses.fields(settings_class(estimator_class(name)))]
 
 
-def make_estimator(name: str, **settings: Any) -> Any:
+def make_estimator(name: str, **settings: Any) -> Estimator:
     """An estimator of measure ``name`` with these settings (unknown settings raise, naming valid ones)."""
-    cls = estimator_class(name)
-    st = settings_class(cls)
-    if st is None:
-        return cls(**settings)
-    valid = {f.name for f in dataclasses.fields(st)}
-    unknown = sorted(set(settings) - valid)
-    if unknown:
-        raise SharpscopeError(
-            f"measure {name!r} has no setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
-        )
-    obj = st(**settings)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
-    return cls(obj)
+    return estimator_class(name)(**settings)

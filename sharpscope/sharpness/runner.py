@@ -5,7 +5,8 @@ exactly the logits scoring needs.  :func:`score_and_sharpness` therefore scores 
 estimator (the per-batch clean logits are recorded) instead of running a separate scoring pass.  When the
 estimate stops early (``budget`` / ``ci_width``) the remaining batches are scored with a plain forward, so the
 scores always cover the whole manifest.  Estimators without a streaming session (curvature, landscape) get a
-separate scoring pass over the same (cached) audio.
+separate scoring pass over the same (cached) audio: :func:`sharpscope.scoring.forward_batches`, the clean
+forward of ``sharpscope score`` and of training's dev evaluation.
 
 Batch composition is a controlled, recorded variable: m-sharpness is non-linear per batch (class-sorted and
 stratified orders of one set differ by 70 % on a tiny model) and a class-weighted loss depends on each
@@ -43,7 +44,9 @@ from torch import nn
 
 from ..data.audio import NB_SAMP, AudioCache, iter_batches
 from ..errors import ScoreError, SharpscopeError
-from .base import Loss, SharpnessResult, forward_logits, preserved
+from ..fileio import atomic_write_csv, atomic_write_text, jsonable
+from ..scoring import forward_batches
+from .base import Loss, SharpnessResult, preserved
 from .engine import as_loss
 
 ORDERS = ("balanced", "manifest", "shuffled")
@@ -145,13 +148,6 @@ def score_table(manifest: pd.DataFrame, logits: dict[int, np.ndarray]) -> pd.Dat
     return out
 
 
-def _plain_logits(model: nn.Module, batch: Any) -> torch.Tensor:
-    device = next(model.parameters()).device
-    lengths = None if batch.lengths is None else batch.lengths.to(device)
-    with torch.no_grad():
-        return forward_logits(model, batch.wave.to(device), lengths).float()
-
-
 def score_and_sharpness(
     model: nn.Module,
     manifest: pd.DataFrame,
@@ -184,7 +180,7 @@ def score_and_sharpness(
         seed = int(getattr(settings, "seed", 0))
     mix = parse_class_mix(class_mix)
     many = not isinstance(loss, (str, Loss))
-    losses = list(loss) if many else [loss]
+    losses: list[Loss | str] = [loss] if isinstance(loss, (str, Loss)) else list(loss)
     cache = cache if cache is not None else AudioCache()
     labels = manifest["label"].astype(str).tolist()
     ids = manifest["utt_id"].astype(str).tolist()
@@ -219,9 +215,11 @@ def score_and_sharpness(
             r = estimator.estimate(model, batches(positions), loss_obj)
             r.settings.setdefault("loss", loss_obj.name)
             by_loss[loss_obj.name] = r
-        with preserved(model):
-            for batch in batches(positions + rest):
-                record(batch, _plain_logits(model, batch))
+        device = next(model.parameters()).device
+        with preserved(model):  # the one clean forward pass of `sharpscope score` (no finiteness check:
+            # non-finite logits follow the estimator's `nonfinite` policy, and the EER step reports them)
+            for batch, z in forward_batches(model, batches(positions + rest), device, check_finite=False):
+                record(batch, z)
     n_b = sum(1 for i in used if labels[i] == "bonafide")
     n_s = sum(1 for i in used if labels[i] == "spoof")
     for r in by_loss.values():
@@ -242,20 +240,18 @@ def score_and_sharpness(
 # ---- the ``sharpscope sharpness`` command ------------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null, numpy scalars plain numbers, tuples lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if np.isfinite(f) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
+def estimator_settings(measure: str, given: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Estimator settings from command-line options: the options given (not None), the seed where the
+    measure takes one, and ``nonfinite`` only where it applies (landscape keeps every grid point)."""
+    from .registry import measure_settings
+
+    settings = {k: v for k, v in given.items() if v is not None}
+    accepted = measure_settings(measure)
+    if "seed" in accepted:
+        settings["seed"] = seed
+    if "nonfinite" not in accepted:
+        settings.pop("nonfinite", None)
+    return settings
 
 
 def run_sharpness(
@@ -297,7 +293,7 @@ def run_sharpness(
         checkpoint, arch, model_cfg=dict(model_cfg or {}), trust_checkpoint=trust_checkpoint
     )
     model = ckpt.model.to(device)
-    scores, by_loss = score_and_sharpness(
+    scores, results = score_and_sharpness(
         model,
         df,
         estimator,
@@ -309,9 +305,11 @@ def run_sharpness(
         seed=seed,
         progress=progress,
     )
+    assert isinstance(results, dict)  # a list of losses gives {loss name: result}
+    by_loss: dict[str, SharpnessResult] = results
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(out / "scores.csv", index=False)
+    atomic_write_csv(out / "scores.csv", scores, index=False)
     files = {"sharpness": "sharpness.json", "scores": "scores.csv"}
     labelled = scores["label"].astype(str).isin(["bonafide", "spoof"])
     metrics: dict[str, Any] | None = None
@@ -321,7 +319,7 @@ def run_sharpness(
         except ScoreError as exc:  # e.g. non-finite logits: keep the sharpness result, say why no metrics
             metrics = {"eer": None, "error": str(exc)}
         files["metrics"] = "metrics.json"
-        (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics, finite=True), indent=2) + "\n")
     run_settings = {
         "command": "sharpness",
         "measure": measure,
@@ -359,6 +357,6 @@ def run_sharpness(
             n_utts_scored=len(scores),
         ),
     }
-    doc = _jsonable(doc)
-    (out / "sharpness.json").write_text(json.dumps(doc, indent=2) + "\n")
+    doc = jsonable(doc, finite=True)
+    atomic_write_text(out / "sharpness.json", json.dumps(doc, indent=2) + "\n")
     return doc

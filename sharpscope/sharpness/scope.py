@@ -29,7 +29,7 @@ def resolve_scope(model: nn.Module, scope: str) -> tuple[nn.Module, dict[str, nn
             from ..models.lora import merged_view
         except ImportError as exc:  # pragma: no cover - the LoRA module ships with sharpscope
             raise SharpscopeError(f"scope lora-merged needs sharpscope.models.lora ({exc})") from None
-        merged = merged_view(model)
+        merged = merged_view(model)  # type: ignore[arg-type]  # merged_view refuses models without LoRA
         return merged, select_params(merged, "all")
     return model, select_params(model, scope)
 

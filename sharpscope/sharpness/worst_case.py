@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from ..errors import SharpscopeError
-from .engine import NORM_EPS, BatchProblem, BatchwiseEstimator, CommonSettings, adaptive_scale, global_norm
+from ..perturb import NORM_EPS, global_norm
+from .engine import BatchProblem, BatchwiseEstimator, CommonSettings, adaptive_scale
 
 NORMS = ("linf", "l2")
 INITS = ("zero", "random")
@@ -147,12 +148,12 @@ class WorstCase(BatchwiseEstimator):
             return u if scale is None else {n: scale[n] * u[n] for n in u}
 
         clean = pb.clean_loss[i]
-        best_parts = {"f": clean, "parts": dict(pb.clean_parts[i])}
+        best_f, best_parts = [clean], [dict(pb.clean_parts[i])]  # the per-class split at the maximiser
 
         def evaluate(u: dict) -> tuple[float, dict]:
             f, g = pb.value_and_grad(i, delta(u))
-            if math.isfinite(f) and f > best_parts["f"]:  # the per-class split at the maximiser
-                best_parts["f"], best_parts["parts"] = f, dict(pb.last_parts[i])
+            if math.isfinite(f) and f > best_f[0]:
+                best_f[0], best_parts[0] = f, dict(pb.last_parts[i])
             return f, (g if scale is None else {n: scale[n] * g[n] for n in g})
 
         best = clean
@@ -165,15 +166,15 @@ class WorstCase(BatchwiseEstimator):
             else:
                 u0 = ball.random({n: pb.w[n] for n in names}, gen)
                 f0, gu0 = evaluate(u0)
-            f_max, run_finite, info = self._apgd(ball, evaluate, u0, f0, gu0)
-            history.append(info)
+            f_max, run_finite, run = self._apgd(ball, evaluate, u0, f0, gu0)
+            history.append(run)
             finite = finite and run_finite
             if f_max > best:
                 best = f_max
         value = best - clean if finite else float("nan")
         info: dict[str, Any] = {"max_loss": best, "runs": history}
         if finite:
-            info["per_class"] = pb.parts_delta(best_parts["parts"], i)  # type: ignore[arg-type]
+            info["per_class"] = pb.parts_delta(best_parts[0], i)
         return value, info
 
     def _apgd(self, ball: _Ball, evaluate, u0: dict, f0: float, g0: dict):

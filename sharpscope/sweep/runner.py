@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypedDict
 
 import pandas as pd
 import torch
@@ -116,16 +117,36 @@ def run_cell(cell: Cell, num_threads: int | None = None, progress: bool = False)
 
 def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[str, Any]]:
     from ..metrics import evaluate
+
+    t0 = time.perf_counter()
+    loaded, scores, results = shared_pass(cell, cell_rows_df(cell), progress)
+    metrics = evaluate(scores, seed=cell.seeds[0] if cell.seeds else 0)
+    return cell_rows(cell, loaded, scores, results, metrics, time.perf_counter() - t0, num_threads)
+
+
+class _PassSettings(TypedDict):
+    """Scoring keywords shared by the sharpness pass and the plain scoring pass."""
+
+    batch_size: int
+    crop: str
+    nb_samp: int
+    cache: AudioCache
+
+
+def shared_pass(
+    cell: Cell, df: pd.DataFrame, progress: bool = False, seed_map: Callable[[int], int] | None = None
+) -> tuple[Any, pd.DataFrame, list[tuple[Any, int, Any]]]:
+    """The cell's model, the scores of the rows of ``df`` and ``(measure spec, seed, SharpnessResult)`` of
+    every measure x seed, from one shared pass.  ``seed_map`` maps a study seed to the seed the estimator
+    and batch order use (budgeted studies give each increment its own; rows keep the study seed)."""
     from ..scoring import score_manifest
     from ..sharpness.registry import make_estimator, measure_settings
     from ..sharpness.runner import score_and_sharpness
 
-    t0 = time.perf_counter()
-    df = cell_rows_df(cell)
     loaded = _model(cell)
     model = loaded.model
     sc = cell.scoring
-    common = {
+    common: _PassSettings = {
         "batch_size": int(sc["batch_size"]),
         "crop": str(sc["crop"]),
         "nb_samp": int(sc["nb_samp"]),
@@ -145,7 +166,8 @@ def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[
         if "nonfinite" in measure_settings(m0.name):
             settings["nonfinite"] = ctl["nonfinite"]
         for seed in cell.seeds:
-            est = make_estimator(m0.name, seed=seed, **settings)
+            run_seed = seed if seed_map is None else seed_map(seed)
+            est = make_estimator(m0.name, seed=run_seed, **settings)
             got_scores, by_loss = score_and_sharpness(
                 model,
                 df,
@@ -153,9 +175,10 @@ def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[
                 [m.loss for m in specs],
                 order=ctl["order"],
                 class_mix=ctl["class_mix"],
-                seed=seed,
+                seed=run_seed,
                 **common,
             )
+            assert isinstance(by_loss, dict)  # a list of losses always gives {loss name: result}
             if scores is None:
                 scores = got_scores
             for m in specs:
@@ -173,9 +196,19 @@ def _run_cell(cell: Cell, num_threads: int | None, progress: bool) -> list[dict[
         )
     else:
         scores = _rescore(scores, str(sc["score"]))
-    metrics = evaluate(scores, seed=cell.seeds[0] if cell.seeds else 0)
-    wall = time.perf_counter() - t0
+    return loaded, scores, results
 
+
+def cell_rows(
+    cell: Cell,
+    loaded: Any,
+    scores: pd.DataFrame,
+    results: list[tuple[Any, int, Any]],
+    metrics: dict[str, Any],
+    wall: float,
+    num_threads: int | None,
+) -> list[dict[str, Any]]:
+    """The tidy rows of a cell from its scores, metrics and measure results."""
     base = _base_row(cell, loaded, metrics, wall, num_threads)
     # -- label-free per-cell summaries for `sharpscope select` (lf_entropy, lf_confidence, lf_score_q*) --
     from ..select import label_free_summaries

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SharpscopeError, SpecError
+from ..data.audio import check_crop
+from ..errors import AudioError, SharpscopeError, SpecError
 from ..provenance import config_hash
 from ..specio import check_device, check_scope, load_yaml_text, read_yaml, safe_name, type_problem
 
@@ -47,6 +48,7 @@ _TOP_KEYS = {
     "measures",
     "trust_checkpoint",
     "device",
+    "budget",  # budgeted study (sharpscope.sweep.budget)
 }
 _EXPANDING = ("rho", "loss")
 
@@ -111,6 +113,7 @@ class Study:
     scoring: dict[str, Any]
     trust_checkpoint: bool = False
     device: str = "cpu"
+    budget: Any = None  # BudgetSpec of a budgeted study (sharpscope.sweep.budget), else None
 
     @property
     def spec_hash(self) -> str:
@@ -226,8 +229,10 @@ def _scoring(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         if k not in allowed:
             problems.append(f"scoring.{k}: unknown key (allowed: {', '.join(allowed)})")
         scoring[k] = v
-    if scoring["crop"] not in ("first", "full"):
-        problems.append(f"scoring.crop: {scoring['crop']!r} is not first or full")
+    try:
+        check_crop(str(scoring["crop"]))
+    except AudioError as e:
+        problems.append(f"scoring.crop: {e}")
     for key in ("batch_size", "nb_samp"):
         why = _int_problem(scoring[key], 1)
         if why:
@@ -500,7 +505,7 @@ def parse_study(raw: Any, base: Path = Path("."), path: str = "<spec>") -> Study
     name = Path(path).stem if raw.get("name") is None else _name(raw["name"], "name", problems)
     device = raw.get("device", "cpu")
     try:
-        check_device(device, "device")
+        device = check_device(device, "device")  # 'auto' -> the device this machine has
     except SharpscopeError as exc:
         problems.append(str(exc))
     scoring = _scoring(raw, problems)
@@ -513,6 +518,13 @@ def parse_study(raw: Any, base: Path = Path("."), path: str = "<spec>") -> Study
     testsets = _testsets(raw, base, problems)
     subsets = _subsets(raw, testsets, problems)
     measures = _measures(raw, problems)
+    # -- budgeted study: the `budget:` section (sharpscope.sweep.budget) --
+    from .budget import budget_problems, parse_budget
+
+    budget = parse_budget(raw.get("budget"), problems)
+    if budget is not None:
+        problems.extend(budget_problems(budget, measures, len(checkpoints)))
+    # -- end budgeted study --
 
     if len(problems) == 1:
         raise SpecError(f"{path}: {problems[0]}")
@@ -530,6 +542,7 @@ def parse_study(raw: Any, base: Path = Path("."), path: str = "<spec>") -> Study
         scoring=scoring,
         trust_checkpoint=False,
         device=str(device),
+        budget=budget,
     )
 
 

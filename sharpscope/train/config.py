@@ -34,7 +34,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from ..errors import SpecError
 
@@ -416,10 +416,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:  # noqa: C901 - one branch pe
         if value is None and type(None) in args:
             return None
         if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
-            return _build(inner[0], value, key)
+            return _build(cast(type, inner[0]), value, key)  # a type hint: the class, never an instance
         return _coerce(inner[0], value, key)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
+        return _build(cast(type, tp), value, key)  # a type hint: the class, never an instance
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -43,14 +42,17 @@ import torch
 from torch import nn
 
 from ..errors import ManifestError, SpecError
-from ..fileio import atomic_write, atomic_write_text, json_default
-from ..models.outputs import logits_of
+from ..fileio import atomic_write, atomic_write_csv, atomic_write_text, json_default
+from ..models.outputs import forward_logits
 from ..progress import progress_bar
 from ..provenance import config_hash, provenance
 from .augment import augment
 from .config import TrainConfig, dump_config
 from .mldg import MLDG, assign_domains, sample_rows, split_domains
 from .sam import SAM
+
+if TYPE_CHECKING:
+    from ..models.ssl import SSLCountermeasure
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
@@ -116,11 +118,6 @@ def _resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SpecError("device: cuda was requested but no CUDA GPU is available; use device: cpu or auto")
     return torch.device(name)
-
-
-def _logits(out: Any) -> torch.Tensor:
-    """Training builds sharpscope models, which return logits (tuples are never guessed at)."""
-    return logits_of(out)
 
 
 # ---- data --------------------------------------------------------------------------------------------------
@@ -203,7 +200,11 @@ def build_train_model(cfg: TrainConfig) -> nn.Module:
 
         lo = cfg.lora
         model = add_lora(
-            model, rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules
+            cast("SSLCountermeasure", model),  # add_lora refuses (SpecError) anything else
+            rank=lo.rank,
+            alpha=lo.alpha,
+            dropout=lo.dropout,
+            target_modules=lo.target_modules,
         )
     return model
 
@@ -234,9 +235,12 @@ def make_scheduler(
 
 
 def make_loss(cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    from ..sharpness.base import CrossEntropy
+    from ..losses import CrossEntropy
 
-    return CrossEntropy(tuple(cfg.loss.class_weights) if cfg.loss.name == "weighted-ce" else None)
+    if cfg.loss.name != "weighted-ce":
+        return CrossEntropy(None)
+    # class_weights holds two numbers (the config checks the length); tuple() gives tuple[float, ...]
+    return CrossEntropy(cast(tuple[float, float], tuple(cfg.loss.class_weights)))
 
 
 # ---- checkpoints and state ---------------------------------------------------------------------------------
@@ -315,7 +319,7 @@ def save_model_checkpoint(
     from ..provenance import file_sha256
 
     path = out_dir / name
-    save_lora(model, path)
+    save_lora(cast("SSLCountermeasure", model), path)  # finetune lora: the SSL model add_lora adapted
     rest = {k: v for k, v in meta.items() if k not in ("arch", "model_cfg")}
     doc = {
         "format": SIDECAR_FORMAT,
@@ -334,39 +338,42 @@ def save_model_checkpoint(
 def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2, default=json_default) + "\n")
     if history:
-        tmp = out_dir / "history.csv.tmp"
-        pd.DataFrame(history).to_csv(tmp, index=False)
-        os.replace(tmp, out_dir / "history.csv")
+        atomic_write_csv(out_dir / "history.csv", pd.DataFrame(history), index=False)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------
 
 
 def evaluate_dev(
-    model: nn.Module, df: pd.DataFrame, cfg: TrainConfig, device: torch.device, loss_fn, cache
+    model: nn.Module,
+    df: pd.DataFrame,
+    cfg: TrainConfig,
+    device: torch.device,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    cache: Any,
 ) -> tuple[float, float]:
-    """(EER, mean loss) on the dev manifest: first ``nb_samp`` samples, bona-fide logit as score."""
+    """(EER, mean loss) on the dev manifest: first ``nb_samp`` samples, bona-fide logit as score.
+
+    The forward is :func:`sharpscope.scoring.forward_batches`, the clean pass of ``sharpscope score``, so dev
+    EERs and test-set EERs are computed from identically read logits.  Non-finite logits give ``(nan, nan)``
+    (the epoch is recorded, never selected as best) instead of an error.
+    """
     from ..data.audio import iter_batches
     from ..metrics import compute_eer
+    from ..scoring import forward_batches
 
     bs = cfg.data.eval_batch_size or cfg.data.batch_size
     scores = np.empty(len(df), dtype=np.float64)
     labels = np.empty(len(df), dtype=np.int64)
     total, n = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
+    batches = iter_batches(df, batch_size=bs, crop="first", nb_samp=cfg.data.nb_samp, cache=cache)
+    for b, logits in forward_batches(model, batches, device, check_finite=False):
+        rows = b.meta["rows"]
+        scores[rows] = logits[:, 1].double().cpu().numpy()
+        labels[rows] = b.labels.cpu().numpy()
         with torch.inference_mode():
-            for b in iter_batches(df, batch_size=bs, crop="first", nb_samp=cfg.data.nb_samp, cache=cache):
-                logits = _logits(model(b.wave.to(device))).float()
-                y = b.labels.to(device)
-                rows = b.meta["rows"]
-                scores[rows] = logits[:, 1].double().cpu().numpy()
-                labels[rows] = b.labels.numpy()
-                total += float(loss_fn(logits, y)) * len(b)
-                n += len(b)
-    finally:
-        model.train(was_training)
+            total += float(loss_fn(logits, b.labels)) * len(b)
+        n += len(b)
     if not np.all(np.isfinite(scores)):
         return math.nan, math.nan
     eer, _ = compute_eer(scores[labels == 1], scores[labels == 0])
@@ -395,6 +402,338 @@ def _paths(out_dir: Path, cfg: TrainConfig, name: str) -> tuple[Path, Path]:
     return out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
 
 
+def _fresh_run_loss() -> dict[str, float]:
+    return {"sum": 0.0, "n": 0, "sum_te": 0.0}
+
+
+@dataclass
+class Position:
+    """Where a run stands: everything besides weights, optimizer, scheduler and RNG that ``state.pt`` saves.
+
+    ``run_loss`` accumulates the current epoch's training (and MLDG meta-test) losses.
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_eer: float = math.inf
+    best_epoch: int | None = None
+    run_loss: dict[str, float] = field(default_factory=_fresh_run_loss)
+
+
+def _read_state(state_path: Path, out: Path, resume: bool, chash: str) -> dict[str, Any] | None:
+    """The resume state in ``out`` (None when there is none); refuses a state of another config."""
+    if not state_path.is_file():
+        return None
+    if not resume:
+        raise SpecError(f"{out} already holds a training state ({STATE_FILE}); use another --out or resume")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated / foreign file: torch raises several types
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(
+            f"cannot read the resume state {state_path} ({msg}); delete it to start over"
+        ) from None
+    if state.get("format") != STATE_FORMAT or state.get("config_hash") != chash:
+        raise SpecError(
+            f"{out} holds a run of a different training config "
+            f"(hash {state.get('config_hash')} != {chash}); use another --out or delete that folder"
+        )
+    return state
+
+
+def _read_data(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Training and (optional) dev manifests; both must hold both classes."""
+    train_df = _read(cfg.data.train, cfg.data.root, "training")
+    classes = set(train_df["label"].astype(str))
+    if classes != set(LABELS):
+        only = ", ".join(sorted(classes))
+        raise ManifestError(
+            f"training manifest {cfg.data.train} holds only {only} rows ({len(train_df)}); a countermeasure "
+            "needs both bonafide and spoof rows to learn from"
+        )
+    dev_df = _read(cfg.data.dev, cfg.data.root, "dev") if cfg.data.dev else None
+    if dev_df is not None and set(dev_df["label"].astype(str)) != set(LABELS):
+        raise ManifestError(
+            f"dev manifest {cfg.data.dev} needs both bonafide and spoof rows to compute an EER"
+        )
+    return train_df, dev_df
+
+
+class Trainer:
+    """One training run with its state held explicitly (see the module docstring for what it writes).
+
+    The constructor validates, reads the data and builds model, optimizer and scheduler (restoring them from
+    ``state.pt`` when resuming); :meth:`run` trains.  Everything that changes while training lives in
+    :attr:`pos` (a :class:`Position`) and in the model / optimizer / scheduler objects, so
+    :meth:`save_state` and :meth:`result` read no hidden variables.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        resume: bool = True,
+        stop_after_epochs: int | None = None,
+        stop_after_steps: int | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        cfg = self.cfg = config
+        cfg.check()
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.say: Callable[[str], None] = log or (lambda _msg: None)
+        self.stop_after_epochs = stop_after_epochs
+        self.stop_after_steps = stop_after_steps
+        self.device = _resolve_device(cfg.device)
+        self.chash = config_hash(cfg.to_dict())
+        self.state_path = self.out / STATE_FILE
+        state = _read_state(self.state_path, self.out, resume, self.chash)
+
+        # data
+        train_df, self.dev_df = _read_data(cfg)
+        self.data = _TrainData(train_df, cfg)
+        self.hashes = {
+            "train_manifest": cfg.data.train,
+            "train_manifest_hash": _manifest_hash(cfg.data.train, train_df),
+            "dev_manifest": cfg.data.dev,
+            # _read_data reads a dev manifest only when cfg.data.dev is set
+            "dev_manifest_hash": (
+                None if self.dev_df is None else _manifest_hash(cast(str, cfg.data.dev), self.dev_df)
+            ),
+        }
+        self.bs = bs = cfg.data.batch_size
+        full_steps = max(1, len(self.data) // bs)
+        self.steps_per_epoch = min(full_steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else full_steps
+        self.domains: dict[str, np.ndarray] = {}
+        self.domain_names: list[str] = []
+        if cfg.mldg is not None:
+            self.domains = assign_domains(train_df, cfg.mldg.domain_column, cfg.mldg.bonafide, cfg.seed)
+            self.domain_names = sorted(self.domains)
+            # validates n_meta_test
+            split_domains(self.domain_names, cfg.mldg.n_meta_test, np.random.default_rng(0))
+        total_steps = cfg.epochs * self.steps_per_epoch
+
+        # model, optimiser
+        torch.manual_seed(cfg.seed)
+        self.model = build_train_model(cfg).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise SpecError(
+                f"arch {cfg.arch!r} with finetune {cfg.finetune!r} leaves no trainable parameters"
+            )
+        self.base = make_optimizer(params, cfg)
+        self.sched = make_scheduler(self.base, cfg, total_steps)
+        self.loss_fn = make_loss(cfg)
+        self.opt: SAM | MLDG | None = None
+        if cfg.sam is not None:
+            self.opt = SAM(self.model, self.base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, eta=cfg.sam.eta)
+        elif cfg.mldg is not None:
+            self.opt = MLDG(self.model, self.base, inner_lr=cfg.mldg.inner_lr, beta=cfg.mldg.beta)
+
+        self.pos = Position()
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.base.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.pos = Position(
+                epoch=state["epoch"],
+                step_in_epoch=state["step_in_epoch"],
+                global_step=state["global_step"],
+                history=state["history"],
+                best_eer=state["best_eer"],
+                best_epoch=state["best_epoch"],
+                run_loss=state["run_loss"],
+            )
+            _set_rng_state(state["rng"], self.device)
+            self.say(f"resuming {self.out} at epoch {self.pos.epoch + 1}, step {self.pos.step_in_epoch}")
+        else:
+            dump_config(cfg, self.out / "config.yaml")
+        self.dev_cache: Any = None
+
+    # -- state and result ---------------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        """Write ``state.pt`` atomically: weights, optimizer, scheduler, torch RNG and :attr:`pos`."""
+        pos = self.pos
+        state = {
+            "format": STATE_FORMAT,
+            "config_hash": self.chash,
+            "epoch": pos.epoch,
+            "step_in_epoch": pos.step_in_epoch,
+            "global_step": pos.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.base.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": _rng_state(self.device),
+            "history": pos.history,
+            "best_eer": pos.best_eer,
+            "best_epoch": pos.best_epoch,
+            "run_loss": pos.run_loss,
+        }
+        atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
+
+    def result(self, completed: bool) -> TrainResult:
+        best, best_side = _paths(self.out, self.cfg, "best")
+        last, last_side = _paths(self.out, self.cfg, "last")
+        have_best = self.pos.best_epoch is not None and best_side.is_file()
+        have_last = last_side.is_file()
+        return TrainResult(
+            out_dir=self.out,
+            best=best if have_best else None,
+            last=last if have_last else None,
+            best_sidecar=best_side if have_best else None,
+            last_sidecar=last_side if have_last else None,
+            history=list(self.pos.history),
+            completed=completed,
+            epochs_done=self.pos.epoch,
+            global_step=self.pos.global_step,
+        )
+
+    def stop_now(self) -> bool:
+        """An early stop (``stop_after_*``) is due at this epoch boundary or step count."""
+        pos = self.pos
+        return (self.stop_after_steps is not None and pos.global_step >= self.stop_after_steps) or (
+            self.stop_after_epochs is not None
+            and pos.epoch >= self.stop_after_epochs
+            and pos.step_in_epoch == 0
+        )
+
+    # -- steps ----------------------------------------------------------------------------------------------
+
+    def _loss_at(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The closure an optimizer re-evaluates: loss of the current weights on (x, y)."""
+        return lambda: self.loss_fn(forward_logits(self.model, x), y)
+
+    def run_step(self, order: np.ndarray) -> tuple[float, float | None]:
+        """One optimizer step at the current position; returns (training loss, MLDG meta-test loss)."""
+        cfg, e, k, bs, device = self.cfg, self.pos.epoch, self.pos.step_in_epoch, self.bs, self.device
+        rng = step_rng(cfg.seed, e, k, 0)
+        if cfg.mldg is not None:
+            assert isinstance(self.opt, MLDG)
+            split = split_domains(self.domain_names, cfg.mldg.n_meta_test, step_rng(cfg.seed, e, k, 1))
+            rows_tr = sample_rows(self.domains, split.meta_train, bs, rng)
+            rows_te = sample_rows(self.domains, split.meta_test, cfg.mldg.meta_test_batch_size or bs, rng)
+            x_tr, y_tr = (t.to(device) for t in self.data.batch(rows_tr, rng))
+            x_te, y_te = (t.to(device) for t in self.data.batch(rows_te, rng))
+            l_tr, l_te = self.opt.step(self._loss_at(x_tr, y_tr), self._loss_at(x_te, y_te))
+            return float(l_tr), float(l_te)
+        rows = order[k * bs : (k + 1) * bs]
+        x, y = (t.to(device) for t in self.data.batch(rows, rng))
+        if self.opt is not None:
+            assert isinstance(self.opt, SAM)
+            return float(self.opt.step(self._loss_at(x, y))), None
+        self.base.zero_grad(set_to_none=True)
+        loss = self._loss_at(x, y)()
+        loss.backward()
+        self.base.step()
+        return float(loss.detach()), None
+
+    def _after_step(self, l_tr: float, l_te: float | None) -> None:
+        pos = self.pos
+        if not math.isfinite(l_tr):
+            raise SpecError(
+                f"training loss became {l_tr} at epoch {pos.epoch + 1} step {pos.step_in_epoch + 1}; "
+                "lower optimizer.lr (or sam.rho) and restart in a new --out"
+            )
+        self.sched.step()
+        pos.step_in_epoch += 1
+        pos.global_step += 1
+        pos.run_loss["sum"] += l_tr
+        pos.run_loss["n"] += 1
+        if l_te is not None:
+            pos.run_loss["sum_te"] += l_te
+
+    # -- epochs ---------------------------------------------------------------------------------------------
+
+    def end_epoch(self, seconds: float) -> None:
+        """Validate, write last (and best) checkpoints and the history, advance to the next epoch."""
+        cfg, pos, model = self.cfg, self.pos, self.model
+        dev_eer, dev_loss = (math.nan, math.nan)
+        if self.dev_df is not None:
+            dev_eer, dev_loss = evaluate_dev(
+                model, self.dev_df, cfg, self.device, self.loss_fn, self.dev_cache
+            )
+        row = {
+            "epoch": pos.epoch + 1,
+            "global_step": pos.global_step,
+            "train_loss": pos.run_loss["sum"] / max(pos.run_loss["n"], 1),
+            "meta_test_loss": (pos.run_loss["sum_te"] / max(pos.run_loss["n"], 1))
+            if cfg.mldg is not None
+            else None,
+            "dev_loss": dev_loss,
+            "dev_eer": dev_eer,
+            "lr": self.base.param_groups[0]["lr"],
+            "seconds": seconds,
+        }
+        improved = self.dev_df is not None and math.isfinite(dev_eer) and dev_eer < pos.best_eer
+        info = {
+            "epoch": pos.epoch + 1,
+            "global_step": pos.global_step,
+            "dev_eer": dev_eer,
+            "dev_loss": dev_loss,
+            "train_loss": row["train_loss"],
+            **self.hashes,
+        }
+        save_model_checkpoint(
+            model, cfg, self.out, "last", checkpoint_meta(cfg, model, {**info, "checkpoint": "last"})
+        )
+        if improved:
+            pos.best_eer, pos.best_epoch = dev_eer, pos.epoch + 1
+            save_model_checkpoint(
+                model, cfg, self.out, "best", checkpoint_meta(cfg, model, {**info, "checkpoint": "best"})
+            )
+        row["best"] = improved
+        pos.history = [h for h in pos.history if h["epoch"] != pos.epoch + 1] + [row]
+        _write_history(self.out, pos.history)
+        dev_txt = f", dev EER {100 * dev_eer:.2f}%" if self.dev_df is not None else " (no dev set)"
+        self.say(
+            f"epoch {pos.epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}{dev_txt}"
+            + (" (best)" if improved else "")
+        )
+        pos.epoch += 1
+        pos.step_in_epoch = 0
+        pos.run_loss = _fresh_run_loss()
+        self.save_state()
+
+    def run(self, progress: bool = False) -> TrainResult:
+        """Train to ``epochs`` (or to an early stop); returns where the outputs are."""
+        cfg, pos = self.cfg, self.pos
+        if pos.epoch >= cfg.epochs:
+            return self.result(True)
+        if self.stop_now():
+            return self.result(False)
+        self.model.train()
+        if self.dev_df is not None and cfg.data.cache_audio:
+            from ..data.audio import AudioCache
+
+            self.dev_cache = AudioCache()
+        with progress_bar(progress, status=True) as bar:
+            task = bar.add_task("train", total=self.steps_per_epoch, status="")
+            while pos.epoch < cfg.epochs:
+                order = epoch_order(cfg.seed, pos.epoch, len(self.data))
+                bar.update(
+                    task, description=f"epoch {pos.epoch + 1}/{cfg.epochs}", completed=pos.step_in_epoch
+                )
+                t0 = time.perf_counter()
+                while pos.step_in_epoch < self.steps_per_epoch:
+                    self._after_step(*self.run_step(order))
+                    bar.update(task, advance=1, status=f"loss {pos.run_loss['sum'] / pos.run_loss['n']:.4f}")
+                    every = cfg.checkpoint_every_steps
+                    stopping = self.stop_after_steps is not None and pos.global_step >= self.stop_after_steps
+                    mid_epoch = pos.step_in_epoch < self.steps_per_epoch
+                    if mid_epoch and ((every and pos.global_step % every == 0) or stopping):
+                        self.save_state()
+                    if stopping and mid_epoch:
+                        return self.result(False)
+                self.end_epoch(time.perf_counter() - t0)
+                if self.stop_now() and pos.epoch < cfg.epochs:
+                    return self.result(False)
+        return self.result(True)
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path,
@@ -413,243 +752,12 @@ def train(
     (after saving the resume state) once that many epochs / optimizer steps are done in total, as an
     interruption would.
     """
-    cfg = config
-    cfg.check()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda _msg: None)
-    device = _resolve_device(cfg.device)
-    chash = config_hash(cfg.to_dict())
-    state_path = out / STATE_FILE
-
-    state = None
-    if state_path.is_file():
-        if not resume:
-            raise SpecError(
-                f"{out} already holds a training state ({STATE_FILE}); use another --out or resume"
-            )
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated / foreign file: torch raises several types
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SpecError(
-                f"cannot read the resume state {state_path} ({msg}); delete it to start over"
-            ) from None
-        if state.get("format") != STATE_FORMAT or state.get("config_hash") != chash:
-            raise SpecError(
-                f"{out} holds a run of a different training config "
-                f"(hash {state.get('config_hash')} != {chash}); use another --out or delete that folder"
-            )
-
-    # data
-    train_df = _read(cfg.data.train, cfg.data.root, "training")
-    classes = set(train_df["label"].astype(str))
-    if classes != set(LABELS):
-        only = ", ".join(sorted(classes))
-        raise ManifestError(
-            f"training manifest {cfg.data.train} holds only {only} rows ({len(train_df)}); a countermeasure "
-            "needs both bonafide and spoof rows to learn from"
-        )
-    dev_df = _read(cfg.data.dev, cfg.data.root, "dev") if cfg.data.dev else None
-    if dev_df is not None and set(dev_df["label"].astype(str)) != set(LABELS):
-        raise ManifestError(
-            f"dev manifest {cfg.data.dev} needs both bonafide and spoof rows to compute an EER"
-        )
-    data = _TrainData(train_df, cfg)
-    hashes = {
-        "train_manifest": cfg.data.train,
-        "train_manifest_hash": _manifest_hash(cfg.data.train, train_df),
-        "dev_manifest": cfg.data.dev,
-        "dev_manifest_hash": None if dev_df is None else _manifest_hash(cfg.data.dev, dev_df),
-    }
-    bs = cfg.data.batch_size
-    full_steps = max(1, len(data) // bs)
-    steps_per_epoch = min(full_steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else full_steps
-    if cfg.mldg is not None:
-        domains = assign_domains(train_df, cfg.mldg.domain_column, cfg.mldg.bonafide, cfg.seed)
-        domain_names = sorted(domains)
-        split_domains(domain_names, cfg.mldg.n_meta_test, np.random.default_rng(0))  # validates n_meta_test
-    total_steps = cfg.epochs * steps_per_epoch
-
-    # model, optimiser
-    torch.manual_seed(cfg.seed)
-    model = build_train_model(cfg).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise SpecError(f"arch {cfg.arch!r} with finetune {cfg.finetune!r} leaves no trainable parameters")
-    base = make_optimizer(params, cfg)
-    sched = make_scheduler(base, cfg, total_steps)
-    loss_fn = make_loss(cfg)
-    if cfg.sam is not None:
-        opt: Any = SAM(model, base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, eta=cfg.sam.eta)
-    elif cfg.mldg is not None:
-        opt = MLDG(model, base, inner_lr=cfg.mldg.inner_lr, beta=cfg.mldg.beta)
-    else:
-        opt = None
-
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    best_eer, best_epoch = math.inf, None
-    run_loss = {"sum": 0.0, "n": 0, "sum_te": 0.0}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        base.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        history, best_eer, best_epoch = state["history"], state["best_eer"], state["best_epoch"]
-        run_loss = state["run_loss"]
-        _set_rng_state(state["rng"], device)
-        say(f"resuming {out} at epoch {epoch + 1}, step {step_in_epoch}")
-    else:
-        dump_config(cfg, out / "config.yaml")
-
-    def save_state() -> None:
-        state = {
-            "format": STATE_FORMAT,
-            "config_hash": chash,
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "model": model.state_dict(),
-            "optimizer": base.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": _rng_state(device),
-            "history": history,
-            "best_eer": best_eer,
-            "best_epoch": best_epoch,
-            "run_loss": run_loss,
-        }
-        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-
-    def result(completed: bool) -> TrainResult:
-        best, best_side = _paths(out, cfg, "best")
-        last, last_side = _paths(out, cfg, "last")
-        have_best = best_epoch is not None and best_side.is_file()
-        have_last = last_side.is_file()
-        return TrainResult(
-            out_dir=out,
-            best=best if have_best else None,
-            last=last if have_last else None,
-            best_sidecar=best_side if have_best else None,
-            last_sidecar=last_side if have_last else None,
-            history=list(history),
-            completed=completed,
-            epochs_done=epoch,
-            global_step=global_step,
-        )
-
-    def stop_now() -> bool:
-        return (stop_after_steps is not None and global_step >= stop_after_steps) or (
-            stop_after_epochs is not None and epoch >= stop_after_epochs and step_in_epoch == 0
-        )
-
-    if epoch >= cfg.epochs:
-        return result(True)
-    if stop_now():
-        return result(False)
-
-    model.train()
-    dev_cache = None
-    if dev_df is not None and cfg.data.cache_audio:
-        from ..data.audio import AudioCache
-
-        dev_cache = AudioCache()
-
-    def run_step(e: int, k: int) -> tuple[float, float | None]:
-        rng = step_rng(cfg.seed, e, k, 0)
-        if cfg.mldg is not None:
-            split = split_domains(domain_names, cfg.mldg.n_meta_test, step_rng(cfg.seed, e, k, 1))
-            rows_tr = sample_rows(domains, split.meta_train, bs, rng)
-            rows_te = sample_rows(domains, split.meta_test, cfg.mldg.meta_test_batch_size or bs, rng)
-            x_tr, y_tr = (t.to(device) for t in data.batch(rows_tr, rng))
-            x_te, y_te = (t.to(device) for t in data.batch(rows_te, rng))
-            l_tr, l_te = opt.step(
-                lambda: loss_fn(_logits(model(x_tr)), y_tr), lambda: loss_fn(_logits(model(x_te)), y_te)
-            )
-            return float(l_tr), float(l_te)
-        rows = order[k * bs : (k + 1) * bs]
-        x, y = (t.to(device) for t in data.batch(rows, rng))
-        if opt is not None:
-            return float(opt.step(lambda: loss_fn(_logits(model(x)), y))), None
-        base.zero_grad(set_to_none=True)
-        loss = loss_fn(_logits(model(x)), y)
-        loss.backward()
-        base.step()
-        return float(loss.detach()), None
-
-    with progress_bar(progress, status=True) as bar:
-        task = bar.add_task("train", total=steps_per_epoch, status="")
-        while epoch < cfg.epochs:
-            order = epoch_order(cfg.seed, epoch, len(data))
-            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step_in_epoch)
-            t0 = time.perf_counter()
-            while step_in_epoch < steps_per_epoch:
-                l_tr, l_te = run_step(epoch, step_in_epoch)
-                if not math.isfinite(l_tr):
-                    raise SpecError(
-                        f"training loss became {l_tr} at epoch {epoch + 1} step {step_in_epoch + 1}; "
-                        "lower optimizer.lr (or sam.rho) and restart in a new --out"
-                    )
-                sched.step()
-                step_in_epoch += 1
-                global_step += 1
-                run_loss["sum"] += l_tr
-                run_loss["n"] += 1
-                if l_te is not None:
-                    run_loss["sum_te"] += l_te
-                bar.update(task, advance=1, status=f"loss {run_loss['sum'] / run_loss['n']:.4f}")
-                every = cfg.checkpoint_every_steps
-                stopping = stop_after_steps is not None and global_step >= stop_after_steps
-                if step_in_epoch < steps_per_epoch and ((every and global_step % every == 0) or stopping):
-                    save_state()
-                if stopping and step_in_epoch < steps_per_epoch:
-                    return result(False)
-
-            # epoch end: validate, checkpoint, record
-            dev_eer, dev_loss = (math.nan, math.nan)
-            if dev_df is not None:
-                dev_eer, dev_loss = evaluate_dev(model, dev_df, cfg, device, loss_fn, dev_cache)
-            row = {
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "train_loss": run_loss["sum"] / max(run_loss["n"], 1),
-                "meta_test_loss": (run_loss["sum_te"] / max(run_loss["n"], 1))
-                if cfg.mldg is not None
-                else None,
-                "dev_loss": dev_loss,
-                "dev_eer": dev_eer,
-                "lr": base.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-            }
-            improved = dev_df is not None and math.isfinite(dev_eer) and dev_eer < best_eer
-            info = {
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "dev_eer": dev_eer,
-                "dev_loss": dev_loss,
-                "train_loss": row["train_loss"],
-                **hashes,
-            }
-            save_model_checkpoint(
-                model, cfg, out, "last", checkpoint_meta(cfg, model, {**info, "checkpoint": "last"})
-            )
-            if improved:
-                best_eer, best_epoch = dev_eer, epoch + 1
-                save_model_checkpoint(
-                    model, cfg, out, "best", checkpoint_meta(cfg, model, {**info, "checkpoint": "best"})
-                )
-            row["best"] = improved
-            history = [h for h in history if h["epoch"] != epoch + 1] + [row]
-            _write_history(out, history)
-            dev_txt = f", dev EER {100 * dev_eer:.2f}%" if dev_df is not None else " (no dev set)"
-            say(
-                f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}{dev_txt}"
-                + (" (best)" if improved else "")
-            )
-            epoch += 1
-            step_in_epoch = 0
-            run_loss = {"sum": 0.0, "n": 0, "sum_te": 0.0}
-            save_state()
-            if stop_now() and epoch < cfg.epochs:
-                return result(False)
-    return result(True)
+    trainer = Trainer(
+        config,
+        out_dir,
+        resume=resume,
+        stop_after_epochs=stop_after_epochs,
+        stop_after_steps=stop_after_steps,
+        log=log,
+    )
+    return trainer.run(progress)

@@ -10,7 +10,8 @@ Sharpness-aware minimisation (Foret et al. 2021, ICLR) takes two forward/backwar
 Adaptive SAM (ASAM, Kwon et al. 2021, ICML) makes the neighbourhood scale-invariant with the normalisation
 operator ``T_w = |w| + η`` (element-wise): ``ε = ρ · T_w² g / ‖T_w g‖₂``.  With ``η = 0`` this is the
 ``adaptive=True`` form of the widely used SAM re-implementation that SAM-AntiSpoofing (Huang et al. 2025)
-trains with (``ε = ρ · w⊙w⊙g / ‖|w|⊙g‖₂``).  ``1e-12`` is added to every norm.
+trains with (``ε = ρ · w⊙w⊙g / ‖|w|⊙g‖₂``).  ``1e-12`` is added to every norm.  The step itself is
+:func:`sharpscope.perturb.sam_perturbation`, the one m-sharpness measures with.
 
 Two details matter for spoofing countermeasures, which are full of batch normalisation and dropout:
 
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-NORM_EPS = 1e-12
+from ..perturb import NORM_EPS, sam_perturbation  # noqa: F401  (one ascent step, shared with m-sharpness)
 
 
 @contextlib.contextmanager
@@ -75,31 +76,6 @@ def replayed_rng(devices: set[torch.device], enabled: bool = True) -> Iterator[C
             torch.cuda.set_rng_state(s, d)
 
     yield rewind
-
-
-def sam_perturbation(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    rho: float,
-    adaptive: bool = False,
-    eta: float = 0.01,
-) -> list[torch.Tensor]:
-    """The ascent step ε of SAM (``adaptive=False``) or ASAM (``adaptive=True``) for each parameter.
-
-    SAM: ``ε = ρ g / (‖g‖ + 1e-12)``; ASAM: ``ε = ρ T² g / (‖T g‖ + 1e-12)`` with ``T = |w| + η``; the norm is
-    one L2 norm over all given gradients.  Pure function: nothing is modified.
-    """
-    if not params:
-        return []
-    if adaptive:
-        scaled = [(p.detach().abs() + eta) * g for p, g in zip(params, grads, strict=True)]
-    else:
-        scaled = list(grads)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
-    scale = rho / (norm + NORM_EPS)
-    if adaptive:
-        return [(p.detach().abs() + eta) * s * scale for p, s in zip(params, scaled, strict=True)]
-    return [g * scale for g in grads]
 
 
 class WrappedOptimizer:
@@ -162,8 +138,9 @@ class SAM(WrappedOptimizer):
                 loss = closure()
                 loss.backward()
             with_grad = [p for p in params if p.grad is not None]
+            grads = [p.grad for p in params if p.grad is not None]
             saved = [p.detach().clone() for p in with_grad]
-            eps = sam_perturbation(with_grad, [p.grad for p in with_grad], self.rho, self.adaptive, self.eta)
+            eps = sam_perturbation(with_grad, grads, self.rho, self.adaptive, self.eta)
             with torch.no_grad():
                 for p, e in zip(with_grad, eps, strict=True):
                     p.add_(e)

@@ -157,7 +157,7 @@ def run_zoo(
     on_done: Callable[[str, int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every run of a zoo (finished ones return at once); returns one dict per run."""
-    from ..sweep.executors import ExecOptions, map_tasks
+    from ..executors import ExecOptions, map_tasks
 
     runs = load_zoo(spec_path)
     opts = opts or ExecOptions()
