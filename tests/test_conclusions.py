@@ -64,6 +64,7 @@ def mixed(tmp_path_factory):
 # ---- batch composition ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_balanced_order_is_invariant_to_a_class_sorted_manifest(mixed):
     model = tiny_aasist()
     sorted_df = mixed.sort_values("label", kind="stable").reset_index(drop=True)

@@ -14,7 +14,7 @@ from sharpscope import stats
 from sharpscope.cli import app
 from sharpscope.errors import SpecError
 from sharpscope.report.figures import build_figures, load_spec
-from sharpscope.report.tables import example_results
+from tests.synthetic import example_results
 
 SPEC = {
     "defaults": {"size": [3.5, 2.6], "dpi": 100, "style": {"font_size": 7}},

@@ -45,7 +45,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fuzzbase")
     write_corpus(root, "c", n=2, seed=0, dur=0.25)
     write_tiny_checkpoint(root / "m.safetensors", 0)
-    from sharpscope.report.tables import example_results
+    from tests.synthetic import example_results
 
     (root / "run").mkdir()
     example_results(n_ckpt=3, seed=0).to_parquet(root / "run" / "results.parquet")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sharpscope.report.html import build_report
-from sharpscope.report.tables import example_results
+from tests.synthetic import example_results
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome", "headless_shell")

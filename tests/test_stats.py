@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from sharpscope import stats
 from sharpscope.cli import app
 from sharpscope.errors import SharpscopeError
-from sharpscope.report.tables import example_results, load_results
+from sharpscope.report.tables import load_results
+from tests.synthetic import example_results
 
 RNG = np.random.default_rng(1234)
 X8 = np.array([0.31, 0.52, 0.18, 0.95, 0.77, 0.44, 0.63, 0.29])

@@ -88,6 +88,7 @@ def test_rho_and_loss_lists_expand(tmp_path, tiny_corpus):
     assert study.checkpoints[1].meta["method"] == "sam"
 
 
+@pytest.mark.slow
 def test_local_sweep_table_resume_and_force(tmp_path, tiny_corpus):
     study = make_study(tmp_path, tiny_corpus)
     out = tmp_path / "res"

@@ -27,6 +27,7 @@ def _compare(a: pd.DataFrame, b: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_at_random_points(tmp_path, tiny_corpus):
     study = make_study(tmp_path, tiny_corpus, measures=MEASURES)
     ref = run_sweep(study, tmp_path / "ref", opts=ExecOptions(num_threads=1)).table
@@ -62,6 +63,7 @@ def test_resume_after_sigkill_at_random_points(tmp_path, tiny_corpus):
         _compare(res.table, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["ray", "slurm"])
 def test_distributed_executors_equal_local(tmp_path, tiny_corpus, executor):
     pytest.importorskip("ray" if executor == "ray" else "submitit")

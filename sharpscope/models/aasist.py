@@ -136,6 +136,8 @@ def sinc_filterbank(n_filters: int, kernel_size: int, sample_rate: int = 16_000)
 class SincFrontEnd(nn.Module):
     """Fixed sinc filterbank convolution (no padding, stride 1): ``[B, T] -> [B, n_filters, T - K + 1]``."""
 
+    filters: torch.Tensor  # registered buffer [n_filters, 1, K]
+
     def __init__(self, n_filters: int, kernel_size: int, sample_rate: int = 16_000) -> None:
         super().__init__()
         bank = sinc_filterbank(n_filters, kernel_size, sample_rate)
@@ -165,6 +167,7 @@ class ResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, kernel_size=(2, 3), padding=(1, 1))
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=(2, 3), padding=(0, 1))
+        self.conv_downsample: nn.Conv2d | None
         if c_in != c_out:
             self.conv_downsample = nn.Conv2d(c_in, c_out, kernel_size=(1, 3), padding=(0, 1))
         else:

@@ -34,7 +34,7 @@ tensors), which removes most of the page-fault cost of the remaining allocations
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -63,12 +63,21 @@ def _inplace() -> bool:
     return not _recording() and not _transformed()
 
 
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(running_mean, running_var)`` of ``bn``; AASIST's BatchNorms track running stats (the default)."""
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None
+    return mean, var
+
+
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``conv`` followed by eval-mode ``bn``, as differentiable functions of both modules'
     current parameters (``w * s``, ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``)."""
-    s = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    mean, var = _running_stats(bn)
+    assert conv.bias is not None  # every AASIST conv folded here is built with bias=True
+    s = bn.weight * torch.rsqrt(var + bn.eps)
     w = conv.weight * s.reshape(-1, 1, 1, 1)
-    b = (conv.bias - bn.running_mean) * s + bn.bias
+    b = (conv.bias - mean) * s + bn.bias
     return w, b
 
 
@@ -107,8 +116,9 @@ def front_end(model: AASIST, x: torch.Tensor) -> torch.Tensor:
             n_t = y.size(-1) // POOL
             y = y[..., : n_t * POOL].unflatten(-1, (n_t, POOL)).unflatten(1, (n_bands, POOL)).amax(dim=(2, 4))
     bn = model.first_bn
-    s = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    h = (y * s + (bn.bias - bn.running_mean * s)).unsqueeze(1)
+    mean, var = _running_stats(bn)
+    s = bn.weight * torch.rsqrt(var + bn.eps)
+    h = (y * s + (bn.bias - mean * s)).unsqueeze(1)
     return F.selu(h, inplace=_inplace())
 
 
@@ -133,7 +143,7 @@ def encoder_forward(model: AASIST, h: torch.Tensor) -> torch.Tensor:
     if not _transformed():
         h = h.contiguous(memory_format=torch.channels_last)
     for seq in model.encoder:
-        h = block_forward(seq[0], h)
+        h = block_forward(cast("ResidualBlock", cast(nn.Sequential, seq)[0]), h)
     return h.abs_() if _inplace() else h.abs()
 
 
@@ -156,4 +166,5 @@ def compiled(model: nn.Module) -> nn.Module:
     so it pays only for long runs of one shape.  The compiled module is a wrapper: pass the original model to
     the sharpness estimators, which call it through :func:`torch.func.functional_call`.
     """
-    return torch.compile(model, dynamic=False)
+    # torch.compile is typed as returning a plain callable; given a Module it returns an OptimizedModule
+    return cast(nn.Module, torch.compile(model, dynamic=False))

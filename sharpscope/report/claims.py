@@ -100,33 +100,37 @@ def verdict(
     return "undecided"
 
 
-def bootstrap_mean_ci(d: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = LEVEL):
+def bootstrap_mean_ci(
+    d: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean: ``default_rng(seed).integers(0, n, (n_boot, n))`` resamples."""
-    d = np.asarray(d, dtype=float)
-    if len(d) < 2:
+    arr = np.asarray(d, dtype=float)
+    if len(arr) < 2:
         return math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    means = d[idx].mean(axis=1)
+    idx = np.random.default_rng(seed).integers(0, len(arr), size=(n_boot, len(arr)))
+    means = arr[idx].mean(axis=1)
     a = (1.0 - level) / 2.0
     lo, hi = np.percentile(means, [100 * a, 100 * (1 - a)])
     return float(lo), float(hi)
 
 
-def paired_effect(d: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = LEVEL) -> Effect:
+def paired_effect(
+    d: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = LEVEL
+) -> Effect:
     """Mean of paired differences with a CI and a two-sided p (see the module docstring for the choice)."""
-    d = np.asarray(d, dtype=float)
-    n = len(d)
+    arr = np.asarray(d, dtype=float)
+    n = len(arr)
     if n < 2:
-        return Effect(float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, n, "n < 2", "")
-    est = float(d.mean())
-    if np.all(d == 0):
+        return Effect(float(arr.mean()) if n else math.nan, math.nan, math.nan, math.nan, n, "n < 2", "")
+    est = float(arr.mean())
+    if np.all(arr == 0):
         return Effect(0.0, 0.0, 0.0, 1.0, n, "all differences 0", "")
     if n >= MIN_WILCOXON:
-        p = float(sps.wilcoxon(d, alternative="two-sided").pvalue)
-        lo, hi = bootstrap_mean_ci(d, n_boot, seed, level)
+        p = float(sps.wilcoxon(arr, alternative="two-sided").pvalue)
+        lo, hi = bootstrap_mean_ci(arr, n_boot, seed, level)
         return Effect(est, lo, hi, p, n, "Wilcoxon signed-rank", f"percentile bootstrap ({n_boot})")
-    p = float(sps.ttest_1samp(d, 0.0).pvalue)
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    p = float(sps.ttest_1samp(arr, 0.0).pvalue)
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1) * arr.std(ddof=1) / math.sqrt(n))
     return Effect(est, est - half, est + half, p, n, "paired t-test", "t-interval")
 
 

@@ -34,7 +34,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -45,6 +45,9 @@ from ..errors import SharpscopeError, SpecError
 from ..specio import read_yaml
 from . import plots
 from .tables import load_results
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.typing import RcKeyType
 
 FORMATS = ("pdf", "svg", "png")
 CREATOR = "sharpscope"
@@ -75,7 +78,11 @@ def save_figure(
             meta = {"Software": None}
         else:
             raise SharpscopeError(f"unknown figure format {fmt!r}; choose from {', '.join(FORMATS)}")
-        rc = {"svg.hashsalt": SVG_HASHSALT, "pdf.compression": 6, "text.parse_math": False}
+        rc: dict[RcKeyType, Any] = {
+            "svg.hashsalt": SVG_HASHSALT,
+            "pdf.compression": 6,
+            "text.parse_math": False,
+        }
         with matplotlib.rc_context(rc):
             fig.savefig(path, format=fmt, dpi=dpi, metadata=meta)
         written.append(path)

@@ -17,7 +17,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 
@@ -32,6 +32,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from .. import stats  # noqa: E402
 from ..errors import SharpscopeError  # noqa: E402
 from .tables import parse_curve  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
+    from matplotlib.typing import RcKeyType
 
 STYLE_KEYS = (
     "figsize",
@@ -62,7 +67,7 @@ def _check_style(style: dict) -> dict:
 
 @contextmanager
 def _rc(style: dict):
-    rc = {
+    rc: dict[RcKeyType, Any] = {
         "font.size": style.get("font_size", 9),
         "axes.titlesize": style.get("font_size", 9),
         "axes.labelsize": style.get("font_size", 9),
@@ -479,7 +484,8 @@ def cumulative(
         fig, axes = _figure(ax, 2, style, panel_size=(3.0, 2.6))
         a1 = axes[0]
         a2 = axes[1] if ax is None else a1.twinx()
-        for col, a, ls, lab in (("value", a1, "-", _label(measure, level)), ("yv", a2, "--", y.upper())):
+        rho_level = cast("float | None", level)  # pick_level returns object; for "rho" a number, NaN or None
+        for col, a, ls, lab in (("value", a1, "-", _label(measure, rho_level)), ("yv", a2, "--", y.upper())):
             for _, g in steps.groupby("checkpoint", sort=True):
                 a.plot(g["_k"], g[col], ls=ls, color="0.7", lw=0.7)
             agg = steps.groupby("_k")[col].agg(["mean", "std"]).fillna(0.0)
@@ -616,7 +622,7 @@ def eer_by_method(
     return _finish(fig, axes, style)
 
 
-PLOTS = {
+PLOTS: dict[str, Callable[..., Figure]] = {
     "scatter": scatter,
     "heatmap": heatmap,
     "per-testset": sharpness_by_testset,
