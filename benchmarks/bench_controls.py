@@ -82,7 +82,7 @@ def main() -> None:
     out: dict = {"m_sharpness": rows}
     if not a.legacy and not a.skip_hessian:
         from sharpscope.data.audio import AudioCache, iter_batches
-        from sharpscope.sharpness.base import make_loss
+        from sharpscope.losses import make_loss
         from sharpscope.sharpness.curvature import HessianMax, HessianMaxBatchMean
 
         loss = make_loss("weighted-ce")

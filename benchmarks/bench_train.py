@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from sharpscope.data.audio import NB_SAMP
+from sharpscope.losses import CrossEntropy
 from sharpscope.models.registry import build_model
-from sharpscope.sharpness.base import CrossEntropy
 from sharpscope.train.augment import augment
 from sharpscope.train.config import AugmentConfig
 from sharpscope.train.mldg import MLDG

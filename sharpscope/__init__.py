@@ -33,7 +33,7 @@ _API = {
     "compute_eer": "sharpscope.metrics",
     "evaluate": "sharpscope.metrics",
     "make_estimator": "sharpscope.sharpness.registry",
-    "make_loss": "sharpscope.sharpness.base",
+    "make_loss": "sharpscope.losses",
     "score_and_sharpness": "sharpscope.sharpness.runner",
     "load_study": "sharpscope.sweep.study",
     "run_sweep": "sharpscope.sweep.sweep",

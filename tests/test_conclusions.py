@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from sharpscope.errors import CheckpointError
+from sharpscope.losses import Loss, make_loss
 from sharpscope.models.outputs import LogitsOutput, forward_logits
 from sharpscope.models.registry import build_model
 from sharpscope.scoring import score_manifest
 from sharpscope.sharpness.average_case import AverageCase
-from sharpscope.sharpness.base import Loss, make_loss, weighted_summary
+from sharpscope.sharpness.base import weighted_summary
 from sharpscope.sharpness.curvature import HessianMax, HessianMaxBatchMean
 from sharpscope.sharpness.m_sharpness import MSharpness
 from sharpscope.sharpness.runner import class_mix_rows, score_and_sharpness

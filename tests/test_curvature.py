@@ -12,7 +12,8 @@ from torch.func import functional_call
 
 from sharpscope.data.audio import Batch
 from sharpscope.errors import SharpscopeError, SpecError
-from sharpscope.sharpness.base import Loss, make_loss, select_params
+from sharpscope.losses import Loss, make_loss
+from sharpscope.sharpness.base import select_params
 from sharpscope.sharpness.curvature import (
     HessianMax,
     HessianMaxBatchMean,

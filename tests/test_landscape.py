@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from sharpscope.errors import SharpscopeError, SpecError
-from sharpscope.sharpness.base import Loss, make_loss, select_params
+from sharpscope.losses import Loss, make_loss
+from sharpscope.sharpness.base import select_params
 from sharpscope.sharpness.landscape import (
     Landscape,
     LandscapeSettings,

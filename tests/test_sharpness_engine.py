@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from sharpscope.errors import SharpscopeError
+from sharpscope.losses import Loss
 from sharpscope.sharpness.average_case import AverageCase
-from sharpscope.sharpness.base import Loss, weighted_summary
+from sharpscope.sharpness.base import weighted_summary
 from sharpscope.sharpness.engine import ci_relative_halfwidth
 from sharpscope.sharpness.m_sharpness import MSharpness
 from sharpscope.sharpness.registry import MEASURES, make_estimator, measure_settings

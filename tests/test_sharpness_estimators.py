@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from sharpscope.losses import Loss, make_loss
 from sharpscope.sharpness.average_case import AverageCase, gaussian_perturbations
-from sharpscope.sharpness.base import Loss, make_loss
 from sharpscope.sharpness.engine import adaptive_scale, derive_seed
 from sharpscope.sharpness.m_sharpness import MSharpness
 from sharpscope.sharpness.worst_case import WorstCase, apgd_checkpoints

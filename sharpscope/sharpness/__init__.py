@@ -7,7 +7,8 @@ Measures (see :data:`sharpscope.sharpness.registry.MEASURES`, built with
 one pass.
 """
 
-from .base import SharpnessResult, make_loss
+from ..losses import make_loss
+from .base import SharpnessResult
 from .registry import MEASURES, make_estimator
 
 __all__ = ["MEASURES", "SharpnessResult", "make_estimator", "make_loss"]

@@ -10,9 +10,9 @@
 * :func:`select_params` -- the parameter scope an estimator perturbs.
 * :func:`preserved` -- puts the model in eval mode and restores every parameter and buffer bit-for-bit (and
   the train/eval mode and ``requires_grad`` flags) on exit, also when an exception is raised.
-* Losses live in :mod:`sharpscope.losses` (re-exported here while callers move over).
-* :func:`forward_logits`, :func:`unpack_batch` -- logits of a model by its declared output layout (never by
-  position guessing), batch-independent under crop ``full``; batches of any of the accepted forms.
+* Losses live in :mod:`sharpscope.losses`.
+* :func:`unpack_batch` -- batches of any of the accepted forms; logits are read by
+  :func:`sharpscope.models.outputs.forward_logits` (declared output layout, never position guessing).
 
 The batchwise machinery shared by the loss-based estimators (functional perturbations, micro-batches, several
 losses in one pass, the streaming session the runner scores through) is in
@@ -34,15 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import SharpscopeError, SpecError
-from ..losses import (  # noqa: F401  (re-exported: callers may still import losses from here)
-    LOSSES,
-    REFERENCE_CLASS_WEIGHTS,
-    CrossEntropy,
-    KLToClean,
-    Loss,
-    make_loss,
-)
-from ..models.outputs import forward_logits  # noqa: F401  (re-exported: one logits reader)
+from ..losses import Loss
 
 
 @dataclass
@@ -273,8 +265,6 @@ def ci_relative_halfwidth(values: list[float], sizes: list[Any], n_boot: int, se
         return math.inf
     return (hi - lo) / 2 / abs(mean)
 
-
-# ---- losses (moved to :mod:`sharpscope.losses`; re-exported here during the transition) ---------------
 
 # ---- model outputs and batches ----------------------------------------------------------------------------
 

@@ -59,16 +59,16 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
+from ..losses import Loss
+from ..models.outputs import forward_logits
 from .base import (
     BatchDriver,
     Cost,
     DriverSettings,
     EstimatorBase,
-    Loss,
     SharpnessResult,
     batch_lengths,
     check_nonfinite,
-    forward_logits,
     preserved,
     settings_dict,
 )

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import SharpscopeError
+from ..losses import Loss, make_loss
 from ..models.outputs import length_groups, logits_of, output_layout
 from ..perturb import NORM_EPS, global_norm  # noqa: F401  (re-exported for the estimators)
 from .base import (
@@ -50,11 +51,9 @@ from .base import (
     Cost,
     DriverSettings,
     EstimatorBase,
-    Loss,
     SharpnessResult,
     batch_lengths,
     ci_relative_halfwidth,  # noqa: F401  (re-exported)
-    make_loss,
     preserved,
     settings_dict,
     unpack_batch,

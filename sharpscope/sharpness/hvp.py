@@ -37,7 +37,9 @@ from torch import nn
 from torch.func import grad, jvp, vmap
 
 from ..errors import SharpscopeError
-from .base import Loss, forward_logits, unpack_batch
+from ..losses import Loss
+from ..models.outputs import forward_logits
+from .base import unpack_batch
 
 AD_MODES = ("auto", "forward-over-reverse", "reverse-over-reverse")
 

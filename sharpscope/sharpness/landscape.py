@@ -46,15 +46,15 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
+from ..losses import Loss
+from ..models.outputs import forward_logits
 from .base import (
     BatchDriver,
     Cost,
     DriverSettings,
     EstimatorBase,
-    Loss,
     SharpnessResult,
     batch_lengths,
-    forward_logits,
     preserved,
     settings_dict,
 )

@@ -13,7 +13,7 @@ get no gradient and are not perturbed), the model in eval mode, and the estimate
 reference equals scope ``trainable`` (``all`` when nothing is frozen).
 
 Label-free use: with ``kl-to-clean`` the step follows the gradient of the pseudo-label cross-entropy (the KL
-has zero gradient at ``w``; see :meth:`sharpscope.sharpness.base.KLToClean.ascent_loss`) and the value is the
+has zero gradient at ``w``; see :meth:`sharpscope.losses.KLToClean.ascent_loss`) and the value is the
 KL increase at ``w + ε``.
 
 Cost per batch: 1 forward + 1 backward (clean, shared with scoring) + 1 forward (perturbed).

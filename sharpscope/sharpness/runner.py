@@ -45,8 +45,9 @@ from torch import nn
 from ..data.audio import NB_SAMP, AudioCache, iter_batches
 from ..errors import ScoreError, SharpscopeError
 from ..fileio import atomic_write_csv, atomic_write_text, jsonable
+from ..losses import Loss
 from ..scoring import forward_batches
-from .base import Loss, SharpnessResult, preserved
+from .base import SharpnessResult, preserved
 from .engine import as_loss
 
 ORDERS = ("balanced", "manifest", "shuffled")

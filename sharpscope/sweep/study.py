@@ -445,7 +445,7 @@ def _subsets(raw: dict[str, Any], testsets: list[TestsetSpec], problems: list[st
 
 
 def _measures(raw: dict[str, Any], problems: list[str]) -> list[MeasureSpec]:
-    from ..sharpness.base import LOSSES
+    from ..losses import LOSSES
 
     measures: list[MeasureSpec] = []
     for i, m in enumerate(_as_list(raw.get("measures") or [])):
