@@ -399,11 +399,10 @@ def _remap_ssl(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
 MAX_CONFIG_NUMBER = 1e7  # no model dimension is this large; a typo of 1e12 would be a MemoryError instead
 
 
-def check_model_cfg(cfg: Any, where: str = "model config") -> dict[str, Any]:
-    """``cfg`` as builder keyword arguments: a mapping with string keys whose leaves are JSON-like and whose
-    numbers are bounded; else :class:`CheckpointError` naming ``where`` and the key."""
-    if not isinstance(cfg, Mapping) or not all(isinstance(k, str) for k in cfg):
-        raise CheckpointError(f"{where}: {cfg!r} must be a mapping of builder arguments (name: value)")
+def model_cfg_problems(cfg: Mapping[str, Any], where: str) -> list[str]:
+    """Every value of a model config that is not JSON-like or whose number is unbounded, one line each
+    naming ``where.key`` (study specs list them all; :func:`check_model_cfg` raises the first)."""
+    out: list[str] = []
 
     def walk(v: Any, key: str) -> None:
         if isinstance(v, Mapping):
@@ -414,12 +413,22 @@ def check_model_cfg(cfg: Any, where: str = "model config") -> dict[str, Any]:
                 walk(x, f"{key}[{i}]")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             if not abs(v) <= MAX_CONFIG_NUMBER:
-                raise CheckpointError(f"{key}: {v!r} is out of range (|value| <= {MAX_CONFIG_NUMBER:g})")
+                out.append(f"{key}: {v!r} is out of range (|value| <= {MAX_CONFIG_NUMBER:g})")
         elif not (v is None or isinstance(v, (str, bool))):
-            raise CheckpointError(f"{key}: {v!r} is not a number, string, list or mapping")
+            out.append(f"{key}: {v!r} is not a number, string, list or mapping")
 
-    for k, v in cfg.items():
-        walk(v, f"{where}.{k}")
+    walk(cfg, where)
+    return out
+
+
+def check_model_cfg(cfg: Any, where: str = "model config") -> dict[str, Any]:
+    """``cfg`` as builder keyword arguments: a mapping with string keys whose leaves are JSON-like and whose
+    numbers are bounded; else :class:`CheckpointError` naming ``where`` and the key."""
+    if not isinstance(cfg, Mapping) or not all(isinstance(k, str) for k in cfg):
+        raise CheckpointError(f"{where}: {cfg!r} must be a mapping of builder arguments (name: value)")
+    problems = model_cfg_problems(cfg, where)
+    if problems:
+        raise CheckpointError(problems[0])
     return dict(cfg)
 
 

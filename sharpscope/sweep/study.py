@@ -267,34 +267,8 @@ def _mapping(v: Any, where: str, problems: list[str]) -> dict[str, Any]:
     return dict(v)
 
 
-def _model_config_problems(cfg: dict[str, Any], where: str) -> list[str]:
-    """Values of a model config are JSON-like, and numbers are bounded (a typo of 1e12 channels would
-    otherwise be a MemoryError when the model is built)."""
-    out: list[str] = []
-
-    def walk(v: Any, key: str) -> None:
-        if isinstance(v, dict):
-            for k, x in v.items():
-                walk(x, f"{key}.{k}")
-        elif isinstance(v, (list, tuple)):
-            for i, x in enumerate(v):
-                walk(x, f"{key}[{i}]")
-        elif isinstance(v, bool) or v is None or isinstance(v, str):
-            return
-        elif isinstance(v, (int, float)):
-            if not (abs(v) <= MAX_CONFIG_NUMBER):
-                out.append(f"{key}: {v!r} is out of range (|value| <= {MAX_CONFIG_NUMBER:g})")
-        else:
-            out.append(f"{key}: {v!r} is not a number, string, list or mapping")
-
-    walk(cfg, where)
-    return out
-
-
-MAX_CONFIG_NUMBER = 1e7
-
-
 def _checkpoints(raw: dict[str, Any], base: Path, problems: list[str]) -> list[CheckpointSpec]:
+    from ..models.checkpoints import model_cfg_problems
     from ..models.registry import ARCHS
 
     checkpoints: list[CheckpointSpec] = []
@@ -316,7 +290,7 @@ def _checkpoints(raw: dict[str, Any], base: Path, problems: list[str]) -> list[C
             problems.append(f"{where}.path: {c['path']!r} must be a path (a string)")
             continue
         model_cfg = _mapping(c.get("model_config"), f"{where}.model_config", problems)
-        problems.extend(_model_config_problems(model_cfg, f"{where}.model_config"))
+        problems.extend(model_cfg_problems(model_cfg, f"{where}.model_config"))
         meta_over = _mapping(c.get("meta"), f"{where}.meta", problems)
         for k, v in meta_over.items():
             if not (isinstance(v, (str, int, float, bool)) or v is None):
