@@ -184,6 +184,17 @@ _REFERENCE = {
 }
 
 
+def _reference_testset(base: pd.DataFrame, in_domain: str | None) -> str | None:
+    """The in-domain (source) test set; ``None`` when the table has none and none was named (criteria that
+    need it are then skipped with a note), an error when ``in_domain`` names a set that is not there."""
+    try:
+        return stats.in_domain_testset(base, in_domain)
+    except SharpscopeError:
+        if in_domain is not None:
+            raise
+        return None
+
+
 def _per_checkpoint(rows: pd.DataFrame, col: str, where: str) -> pd.Series:
     """A column that is constant within each checkpoint's rows (one cell), as a Series by checkpoint."""
     g = rows.groupby("checkpoint", sort=True)[col]
@@ -265,12 +276,7 @@ def criterion_values(
     notes: list[str] = []
     cols: dict[str, pd.Series] = {}
     crit: dict[str, Criterion] = {}
-    try:
-        ref = stats.in_domain_testset(base, in_domain)
-    except SharpscopeError:
-        if in_domain is not None:
-            raise
-        ref = None
+    ref = _reference_testset(base, in_domain)
     where = f"test set {target!r}"
 
     def lf_col(col: str) -> pd.Series | None:
@@ -618,12 +624,7 @@ def select(
     stats.require_columns(df, ["checkpoint", "testset"])
     notes: list[str] = []
     base, subset_used = stats.pick_subset(df, subset)
-    try:
-        ref = stats.in_domain_testset(base, in_domain)
-    except SharpscopeError:
-        if in_domain is not None:
-            raise
-        ref = None
+    ref = _reference_testset(base, in_domain)
     if target not in set(base["testset"].astype(str)):
         raise SharpscopeError(
             f"target test set {target!r} not in the table (test sets: {stats.fmt_choices(base['testset'])})"
@@ -762,12 +763,7 @@ def leave_one_domain_out(
     ``lodo_summary`` cover all of them."""
     stats.require_columns(df, ["checkpoint", "testset", "eer"])
     base, _ = stats.pick_subset(df, subset)
-    try:
-        ref = stats.in_domain_testset(base, in_domain)
-    except SharpscopeError:
-        if in_domain is not None:
-            raise
-        ref = None
+    ref = _reference_testset(base, in_domain)
     ood = _ood_testsets(base, ref)
     if not ood:
         raise SharpscopeError("no out-of-domain test set in the table: nothing to hold out")
