@@ -530,16 +530,11 @@ def _checkpoint_name(p: Path, base: Path) -> str:
 
 def _check_measure(m: dict[str, Any]) -> list[str]:
     """Problems with a measure entry: unknown name or settings the estimator does not take."""
-    try:
-        from ..sharpness.registry import MEASURES, measure_settings
-    except ImportError:  # registry not available: only the name can be checked later
-        return []
+    from ..sharpness.registry import MEASURES, measure_settings
+
     if m["name"] not in MEASURES:
         return [f"name: {m['name']!r} is not one of {', '.join(MEASURES)}"]
-    try:
-        fields = measure_settings(m["name"])
-    except Exception:  # noqa: BLE001 - estimator module missing: report at run time
-        return []
+    fields = measure_settings(m["name"])
     policy = {"order", "class_mix", "nonfinite"}
     unknown = sorted(set(m) - {"name", "loss", *policy, *fields})
     out = [f"{k}: not a setting of {m['name']} (settings: {', '.join(sorted(fields))})" for k in unknown]
