@@ -264,6 +264,9 @@ def score_cmd(
     device: str = typer.Option(
         "cpu", "--device", help="Torch device: cpu, cuda, cuda:N or auto (CUDA when present)."
     ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 (strict, no TF32 on CUDA) | bf16 (autocast; see devices.BF16_NOTE)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence interval."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the EER CI (0 = none)."),
 ) -> None:
@@ -281,7 +284,7 @@ def score_cmd(
         result = run_score(
             checkpoint, manifest, arch, stage, batch_size=batch_size, crop=crop, score=score, fmt=fmt,
             trust_checkpoint=trust_checkpoint, model_cfg=model_cfg, device=device, seed=seed, n_boot=n_boot,
-            calibrate_on=calibrate_on, calibration_prior=calibration_prior,
+            calibrate_on=calibrate_on, calibration_prior=calibration_prior, precision=precision,
         )  # fmt: skip
     _metrics_summary(result, out)
 

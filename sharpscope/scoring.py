@@ -41,6 +41,7 @@ from torch import nn
 
 from .calibration import Calibration, fit_calibration, parse_prior
 from .data.audio import NB_SAMP, AudioCache, Batch, check_crop, iter_batches
+from .devices import autocast, check_precision, strict_fp32
 from .errors import AudioError, CheckpointError, ScoreError, SharpscopeError
 from .fileio import atomic_write_csv, atomic_write_json
 from .metrics import evaluate
@@ -112,18 +113,23 @@ def forward_batches(
     batches: Iterable[Batch],
     device: str | torch.device = "cpu",
     check_finite: bool = True,
+    precision: str = "fp32",
 ) -> Iterator[tuple[Batch, torch.Tensor]]:
     """Yield ``(batch_on_device, logits[B, 2])`` for each batch, model in eval mode, no autograd.
 
     The model's train/eval flag is restored when the generator finishes or is closed.  Logits stay on
     ``device`` so a caller can compute losses (``Loss(logits, batch.labels)``) in the same pass.
+    ``precision``: ``fp32`` (strict: no TF32 on CUDA) or ``bf16`` autocast (:mod:`sharpscope.devices`;
+    logits are returned as fp32 either way).
     """
+    check_precision(precision)
+    strict_fp32(device)
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
             b = batch.to(device)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(precision, device):
                 logits = _check_shape(forward_logits(model, b.wave, b.lengths), len(b)).float()
             if check_finite:
                 _check_logits(logits, b)
@@ -143,6 +149,7 @@ def score_manifest(
     progress: bool = True,
     collect: Callable[[Batch, torch.Tensor], None] | None = None,
     nb_samp: int = NB_SAMP,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Score every manifest row; returns a copy of the manifest plus ``score, logit_spoof, logit_bonafide``.
 
@@ -163,7 +170,7 @@ def score_manifest(
     batches = iter_batches(manifest_df, batch_size=batch_size, crop=crop, nb_samp=nb_samp, cache=cache)
     with progress_bar(progress) as bar:
         task = bar.add_task("scoring", total=n)
-        for batch, logits in forward_batches(model, batches, device=device):
+        for batch, logits in forward_batches(model, batches, device=device, precision=precision):
             rows = batch.meta["rows"]
             logits_all[rows] = logits.detach().to("cpu", torch.float64).numpy()
             seen[rows] = True
@@ -354,6 +361,7 @@ def run_score(
     progress: bool = True,
     calibrate_on: str | Path | None = None,
     calibration_prior: float | str = 0.5,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """``sharpscope score``: score a manifest with a checkpoint; write scores.csv, metrics.json [, FMT file].
 
@@ -371,6 +379,7 @@ def run_score(
 
     score = canonical_score_type(score)
     _check_crop(crop)
+    check_precision(precision)
     if batch_size < 1:
         raise ScoreError(f"batch size must be at least 1, got {batch_size}")
     if fmt is not None and fmt not in FORMATS:
@@ -387,9 +396,11 @@ def run_score(
         checkpoint, arch, model_cfg=model_cfg, trust_checkpoint=trust_checkpoint, device=device
     )
     scored = score_manifest(
-        ckpt.model, df, batch_size=batch_size, crop=crop, score=score, device=device, progress=progress
-    )
+        ckpt.model, df, batch_size=batch_size, crop=crop, score=score, device=device, progress=progress,
+        precision=precision,
+    )  # fmt: skip
     scored["score_type"] = score
+    scored["precision"] = precision
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"scores": "scores.csv", "metrics": "metrics.json"}
@@ -399,9 +410,10 @@ def run_score(
         if dev_kind == "manifest":
             dev_scored = score_manifest(
                 ckpt.model, read_manifest(calibrate_on), batch_size=batch_size, crop=crop, score=score,
-                device=device, progress=progress,
+                device=device, progress=progress, precision=precision,
             )  # fmt: skip
             dev_scored["score_type"] = score
+            dev_scored["precision"] = precision
             atomic_write_csv(out / "calibration_dev_scores.csv", dev_scored, index=False)
             files["calibration_dev_scores"] = "calibration_dev_scores.csv"
             dev, dev_type = dev_scored[["utt_id", "label", "score"]], score
@@ -428,6 +440,7 @@ def run_score(
         "batch_size": int(batch_size),
         "model_cfg": model_cfg,
         "device": str(device),
+        "precision": precision,
         "format": fmt,
         "seed": int(seed),
         "n_boot": int(n_boot),

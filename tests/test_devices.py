@@ -100,3 +100,36 @@ def test_strict_fp32_is_a_no_op_on_cpu_and_reports_nothing_to_record():
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     assert strict_fp32("cpu") == {"cudnn_tf32": None, "matmul_tf32": None}
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_cli_score_precision_is_applied_and_recorded_in_every_row(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(4):
+        sf.write(tmp_path / f"c{i}.wav", (0.05 * rng.standard_normal(4_000)).astype(np.float32), 16_000)
+        rows.append({"utt_id": f"c{i}", "path": f"c{i}.wav", "label": "spoof" if i % 2 else "bonafide"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    torch.manual_seed(0)
+    model = build_model("aasist", **TINY).eval()
+    torch.save(model.state_dict(), tmp_path / "tiny.pth")
+    (tmp_path / "tiny.yaml").write_text(json.dumps(TINY))
+    args = ["score", str(tmp_path / "tiny.pth"), str(tmp_path / "m.csv"), "--arch", "aasist", "--n-boot", "0"]
+    args += ["--model-config", str(tmp_path / "tiny.yaml"), "--crop", "full"]
+    # the reference: a plain fp32 forward of the same clips, read back with soundfile
+    x = torch.from_numpy(np.stack([sf.read(tmp_path / f"c{i}.wav", dtype="float32")[0] for i in range(4)]))
+    with torch.no_grad():
+        ref = model(x)[:, 1].numpy()
+    got = {}
+    for prec in ("fp32", "bf16"):
+        res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / prec), "--precision", prec])
+        assert res.exit_code == 0, res.output
+        scores = pd.read_csv(tmp_path / prec / "scores.csv")
+        assert set(scores["precision"]) == {prec}
+        assert json.loads((tmp_path / prec / "metrics.json").read_text())["settings"]["precision"] == prec
+        got[prec] = scores.set_index("utt_id").loc[[f"c{i}" for i in range(4)], "score"].to_numpy()
+    np.testing.assert_allclose(got["fp32"], ref, atol=1e-5)
+    assert np.abs(got["bf16"] - ref).max() <= 0.05 * np.abs(ref).max()  # bf16: 8 mantissa bits
+    assert not np.array_equal(got["bf16"], got["fp32"])  # bf16 really ran
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x"), "--precision", "fp16"])
+    assert res.exit_code != 0 and "--precision: 'fp16' is not a precision" in res.output
+    assert not (tmp_path / "x" / "scores.csv").exists()

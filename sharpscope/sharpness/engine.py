@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import PRECISIONS, autocast, strict_fp32
 from ..errors import SharpscopeError
 from ..losses import Loss, make_loss
 from ..models.outputs import length_groups, logits_of, output_layout
@@ -59,8 +60,6 @@ from .base import (
     unpack_batch,
 )
 
-PRECISIONS = ("fp32", "bf16")
-
 Hook = Callable[[Any, torch.Tensor], None]
 
 
@@ -77,7 +76,11 @@ class CommonSettings(DriverSettings):
       the micro-batches ``c``, ``W`` the loss's normaliser), and gradient-free passes run ``k`` at a time and
       concatenate their logits.  Values are those of the whole batch (up to float rounding of the
       reduction order); peak activation memory is that of ``k`` utterances.  The batch -- the ``m`` of
-      m-sharpness -- is still the data loader's batch.
+      m-sharpness -- is still the data loader's batch.  Measured (``benchmarks/bench_memory.py --fp64``,
+      official AASIST, 2 batches of 24 x 64,600; the float64 whole batch at batch 8):
+      float64 whole = float64 micro-batched to 1e-15; fp32 micro-batched (k = 4) is *closer* to float64
+      (8e-7 relative) than the fp32 whole batch (up to 2.5e-3, the same at 1 and 2 threads), whose
+      weight-gradient reductions sum ~12 million products per entry in one fp32 pass.
     """
 
     per_layer: int = 0
@@ -117,7 +120,8 @@ class FunctionalForward:
         self.w = {n: p.detach() for n, p in params.items()}
         first = next(iter(self.w.values()))
         self.device = first.device
-        self.bf16 = precision == "bf16"
+        self.precision = precision
+        strict_fp32(self.device)  # "fp32" is fp32 on CUDA too (no TF32 convolutions)
         self.module: nn.Module = model
         self.rename = {n: n for n in self.w}
         self.prefix: nn.Module | None = None
@@ -138,10 +142,8 @@ class FunctionalForward:
     def uses_prefix_cache(self) -> bool:
         return self.prefix is not None
 
-    def _autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        return autocast(self.precision, self.device)
 
     def set_input(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, micro_batch: int | None = None
@@ -190,7 +192,7 @@ class FunctionalForward:
 
     def _out(self, out: Any) -> torch.Tensor:
         z = logits_of(out, self.layout)
-        return z.float() if self.bf16 else z
+        return z.float() if self.precision == "bf16" else z
 
     def __call__(
         self, delta: dict[str, torch.Tensor] | None = None, chunk: int | None = None
@@ -226,7 +228,7 @@ class FunctionalForward:
                 outs = [vm(deltas, inp) for _, inp in parts]
                 zs.append(self._merge(outs, order, 1))
         z = self._join(zs, 1)
-        return z.float() if self.bf16 else z
+        return z.float() if self.precision == "bf16" else z
 
 
 # ---- one batch ---------------------------------------------------------------------------------------------
