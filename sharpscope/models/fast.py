@@ -16,8 +16,11 @@ rounding:
   computed from the *current* parameters inside the forward, so a perturbed ``gamma``, ``beta`` or conv
   weight enters exactly as in the reference and receives its gradient through the fold; running statistics
   are buffers (never perturbed).  Training mode (batch statistics) always takes the reference path.
-* **Channels-last (NHWC) activations** in the residual encoder: oneDNN's direct convolutions run about twice
-  as fast on NHWC as on NCHW input here; the result is a memory layout, not a different number.
+* **Channels-last (NHWC) activations** in the residual encoder *when no gradient is recorded*: oneDNN's
+  forward convolutions of AASIST's shapes run 1.1-1.6x faster on NHWC than on NCHW here (32->32 2x3 conv
+  over 4 x 32 x 23 x 21,490: 138 vs 88 GFLOP/s), but its convolution *backward* on NHWC is 2-3.5x slower
+  (forward + backward of the same conv: 38 vs 86 GFLOP/s; 64->64 at 2,387 frames: 29 vs 103), so passes
+  that will be differentiated keep the reference's NCHW layout.  A layout, not a different number.
 * **Max-pooling without indices when no gradient is recorded**: ``F.max_pool2d`` on CPU always computes an
   index tensor.  Under ``torch.no_grad`` (scoring) the (1, 3) and 3x3 pools are taken as ``amax`` over a
   reshaped view -- the same maxima (NaN propagates in both).  With autograd on, the encoder pools keep
@@ -123,7 +126,7 @@ def front_end(model: AASIST, x: torch.Tensor) -> torch.Tensor:
 
 
 def block_forward(block: ResidualBlock, x: torch.Tensor) -> torch.Tensor:
-    """One residual block in eval mode on channels-last ``x``: folded conv1+bn2, SELU, conv2, shortcut, pool.
+    """One eval-mode residual block (``x`` in either layout): folded conv1+bn2, SELU, conv2, shortcut, pool.
 
     ``bn1`` of the non-first blocks never reaches the output (see the aasist module docstring) and in eval
     mode its running statistics are not updated, so it is skipped as in the reference.
@@ -139,8 +142,9 @@ def block_forward(block: ResidualBlock, x: torch.Tensor) -> torch.Tensor:
 
 
 def encoder_forward(model: AASIST, h: torch.Tensor) -> torch.Tensor:
-    """The six residual blocks on channels-last activations; returns ``|e|`` ``[B, C, S, T]``."""
-    if not _transformed():
+    """The six residual blocks (channels-last activations when no gradient is recorded); returns ``|e|``
+    ``[B, C, S, T]``."""
+    if _inplace():  # no autograd, no transform: channels-last (see the module docstring)
         h = h.contiguous(memory_format=torch.channels_last)
     for seq in model.encoder:
         h = block_forward(cast("ResidualBlock", cast(nn.Sequential, seq)[0]), h)
