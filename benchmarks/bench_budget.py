@@ -49,18 +49,21 @@ SR = 16_000
 TINY = {"first_conv": 32, "filts": [8, [1, 4], [4, 4], [4, 8], [8, 8]], "gat_dims": [8, 6]}
 
 
-def clip(rng: np.random.Generator, bona: bool, n: int) -> np.ndarray:
-    """A bona fide harmonic tone or a spoof of low-passed noise (as the tests' corpora)."""
+def clip(rng: np.random.Generator, bona: bool, n: int, noise: float = 0.0) -> np.ndarray:
+    """A bona fide harmonic tone or a spoof of low-passed noise (as the tests' corpora), plus white noise of
+    standard deviation ``noise`` (0.2 is about the signals' own level: the classes overlap)."""
     t = np.arange(n) / SR
     if bona:
         f0 = rng.uniform(100, 250)
         x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6)) * 0.2
-        return (x + 0.01 * rng.standard_normal(n)).astype(np.float32)
-    y = np.convolve(rng.standard_normal(n), np.ones(4) / 4, "same") * 0.2
-    return (y + 0.05 * np.sin(2 * np.pi * rng.uniform(100, 250) * t)).astype(np.float32)
+        x = x + 0.01 * rng.standard_normal(n)
+    else:
+        y = np.convolve(rng.standard_normal(n), np.ones(4) / 4, "same") * 0.2
+        x = y + 0.05 * np.sin(2 * np.pi * rng.uniform(100, 250) * t)
+    return (x + noise * rng.standard_normal(n)).astype(np.float32)
 
 
-def write_corpus(root: Path, n_utts: int, dur: float, seed: int) -> Path:
+def write_corpus(root: Path, n_utts: int, dur: float, seed: int, noise: float = 0.0) -> Path:
     rng = np.random.default_rng(seed)
     n = int(dur * SR)
     rows = []
@@ -68,7 +71,7 @@ def write_corpus(root: Path, n_utts: int, dur: float, seed: int) -> Path:
     for i in range(n_utts):
         bona = i % 2 == 0
         p = root / "wav" / f"u{i:06d}.wav"
-        sf.write(p, clip(rng, bona, n), SR)
+        sf.write(p, clip(rng, bona, n, noise), SR)
         rows.append(
             {
                 "utt_id": f"u{i:06d}",
@@ -83,7 +86,7 @@ def write_corpus(root: Path, n_utts: int, dur: float, seed: int) -> Path:
     return man
 
 
-def make_checkpoints(root: Path, k: int, dur: float, steps: int, seed: int) -> list[Path]:
+def make_checkpoints(root: Path, k: int, dur: float, steps: int, seed: int, noise: float = 0.0) -> list[Path]:
     """Interpolations between a tiny AASIST's initial and briefly trained weights (different quality)."""
     from sharpscope.models.checkpoints import save_checkpoint
     from sharpscope.models.outputs import forward_logits
@@ -99,7 +102,7 @@ def make_checkpoints(root: Path, k: int, dur: float, steps: int, seed: int) -> l
     n = int(dur * SR)
     for _ in range(steps):
         lab = rng.integers(0, 2, 32)
-        x = torch.from_numpy(np.stack([clip(rng, bool(b), n) for b in lab]))
+        x = torch.from_numpy(np.stack([clip(rng, bool(b), n, noise) for b in lab]))
         logits = forward_logits(model, x)
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(lab))
         opt.zero_grad()
@@ -124,6 +127,7 @@ def main() -> None:
     ap.add_argument("--dur", type=float, default=0.25)
     ap.add_argument("--checkpoints", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=40)
+    ap.add_argument("--noise", type=float, default=0.0, help="white noise added to every clip (difficulty)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--target", type=float, default=0.1)
     ap.add_argument("--max-fraction", type=float, default=0.25)
@@ -149,8 +153,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         t0 = time.perf_counter()
-        man = write_corpus(tmp, args.n_utts, args.dur, args.seed)
-        ckpts = make_checkpoints(tmp, args.checkpoints, args.dur, args.train_steps, args.seed)
+        man = write_corpus(tmp, args.n_utts, args.dur, args.seed, args.noise)
+        ckpts = make_checkpoints(tmp, args.checkpoints, args.dur, args.train_steps, args.seed, args.noise)
         t_setup = time.perf_counter() - t0
         print(f"setup (corpus + checkpoints): {t_setup:.1f} s", flush=True)
         df = read_manifest(man)
