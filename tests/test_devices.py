@@ -76,19 +76,27 @@ def test_import_enables_hugepage_allocations_unless_told_not_to():
     assert out.stdout.split()[0] == "0"
 
 
-def test_cli_score_accepts_device_auto_and_records_the_resolved_device(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    rng = np.random.default_rng(0)
+def _score_setup(tmp_path, seed: int) -> tuple[torch.nn.Module, list[str]]:
+    """Four 0.25 s noise clips with a manifest, a tiny AASIST saved with its config; returns the model and
+    the ``sharpscope score`` arguments (without ``--out``)."""
+    rng = np.random.default_rng(seed)
     rows = []
     for i in range(4):
         sf.write(tmp_path / f"c{i}.wav", (0.05 * rng.standard_normal(4_000)).astype(np.float32), 16_000)
         rows.append({"utt_id": f"c{i}", "path": f"c{i}.wav", "label": "spoof" if i % 2 else "bonafide"})
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     torch.manual_seed(0)
-    torch.save(build_model("aasist", **TINY).state_dict(), tmp_path / "tiny.pth")
+    model = build_model("aasist", **TINY).eval()
+    torch.save(model.state_dict(), tmp_path / "tiny.pth")
     (tmp_path / "tiny.yaml").write_text(json.dumps(TINY))
-    args = ["score", str(tmp_path / "tiny.pth"), str(tmp_path / "m.csv"), "--arch", "aasist"]
-    args += ["--model-config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"), "--n-boot", "0"]
+    args = ["score", str(tmp_path / "tiny.pth"), str(tmp_path / "m.csv"), "--arch", "aasist", "--n-boot", "0"]
+    return model, [*args, "--model-config", str(tmp_path / "tiny.yaml")]
+
+
+def test_cli_score_accepts_device_auto_and_records_the_resolved_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, args = _score_setup(tmp_path, seed=0)
+    args += ["--out", str(tmp_path / "run")]
     res = CliRunner().invoke(app, [*args, "--device", "auto"])
     assert res.exit_code == 0, res.output
     assert '"device": "cpu"' in (tmp_path / "run" / "metrics.json").read_text()
@@ -103,18 +111,8 @@ def test_strict_fp32_is_a_no_op_on_cpu_and_reports_nothing_to_record():
 
 
 def test_cli_score_precision_is_applied_and_recorded_in_every_row(tmp_path):
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(4):
-        sf.write(tmp_path / f"c{i}.wav", (0.05 * rng.standard_normal(4_000)).astype(np.float32), 16_000)
-        rows.append({"utt_id": f"c{i}", "path": f"c{i}.wav", "label": "spoof" if i % 2 else "bonafide"})
-    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
-    torch.manual_seed(0)
-    model = build_model("aasist", **TINY).eval()
-    torch.save(model.state_dict(), tmp_path / "tiny.pth")
-    (tmp_path / "tiny.yaml").write_text(json.dumps(TINY))
-    args = ["score", str(tmp_path / "tiny.pth"), str(tmp_path / "m.csv"), "--arch", "aasist", "--n-boot", "0"]
-    args += ["--model-config", str(tmp_path / "tiny.yaml"), "--crop", "full"]
+    model, args = _score_setup(tmp_path, seed=1)
+    args += ["--crop", "full"]
     # the reference: a plain fp32 forward of the same clips, read back with soundfile
     x = torch.from_numpy(np.stack([sf.read(tmp_path / f"c{i}.wav", dtype="float32")[0] for i in range(4)]))
     with torch.no_grad():
