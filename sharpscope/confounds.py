@@ -13,7 +13,10 @@ from __future__ import annotations
 import pandas as pd
 
 #: result columns that must agree between compared cells (absent columns are skipped: older tables)
-CONTROLS = ("order", "class_mix", "crop", "score_type", "nonfinite", "family", "batch_size", "nb_samp")
+CONTROLS = (
+    "order", "class_mix", "crop", "score_type", "precision", "sharpness_precision", "nonfinite", "family",
+    "batch_size", "nb_samp",
+)  # fmt: skip
 
 
 def _select(df: pd.DataFrame, measure: str | None, rho: float | None, loss: str | None) -> pd.DataFrame:

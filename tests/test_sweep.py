@@ -152,3 +152,35 @@ def test_corrupt_and_foreign_cell_files_are_reported(tmp_path, tiny_corpus):
     res = run_sweep(study, out)
     assert res.ran == 1
     assert len(res.table) == 4
+
+
+def test_scoring_precision_is_applied_recorded_and_checked(tmp_path, tiny_corpus):
+    from sharpscope.confounds import confound_warnings
+    from sharpscope.data.manifest import read_manifest
+    from sharpscope.metrics import compute_eer
+    from sharpscope.models.checkpoints import load_checkpoint
+    from sharpscope.scoring import score_manifest
+
+    spec_path = make_study(tmp_path, tiny_corpus, measures=[{"name": "m-sharpness", "rho": 0.05}])
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["scoring"]["precision"] = "bf16"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_sweep(spec_path, tmp_path / "res")
+    df = pd.read_parquet(tmp_path / "res" / "results.parquet")
+    assert set(df["precision"]) == {"bf16"} and set(df["sharpness_precision"]) == {"fp32"}
+    # the EER is that of an independent bf16 scoring pass (the fp32 m-sharpness pass does not supply it)
+    ckpt = load_checkpoint(str(tmp_path / "zoo" / "erm.safetensors"), "aasist")
+    man = read_manifest(tiny_corpus["in"])
+    sc = score_manifest(ckpt.model, man, batch_size=4, nb_samp=8000, progress=False, precision="bf16")
+    s, lab = sc["score"].to_numpy(), sc["label"].to_numpy()
+    eer = compute_eer(s[lab == "bonafide"], s[lab == "spoof"])[0]
+    row = df[df["checkpoint"].str.contains("erm") & (df["testset"] == "in")]
+    assert len(row) == 1 and row["eer"].iloc[0] == pytest.approx(eer, abs=1e-12)
+    # a table mixing precisions is flagged
+    mixed = pd.concat([df, df.assign(precision="fp32", checkpoint=df["checkpoint"] + "-b")])
+    assert any("precision" in w for w in confound_warnings(mixed, measure="m-sharpness"))
+
+    spec["scoring"]["precision"] = "fp16"
+    spec_path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="scoring.precision: 'fp16' is not a precision"):
+        load_study(spec_path)

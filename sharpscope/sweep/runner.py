@@ -146,6 +146,7 @@ def shared_pass(
     loaded = _model(cell)
     model = loaded.model
     sc = cell.scoring
+    precision = str(sc.get("precision", "fp32"))
     common: _PassSettings = {
         "batch_size": int(sc["batch_size"]),
         "crop": str(sc["crop"]),
@@ -179,8 +180,8 @@ def shared_pass(
                 **common,
             )
             assert isinstance(by_loss, dict)  # a list of losses always gives {loss name: result}
-            if scores is None:
-                scores = got_scores
+            if scores is None and settings.get("precision", "fp32") == precision:
+                scores = got_scores  # the measure's clean pass ran in the study's scoring precision
             for m in specs:
                 results.append((m, seed, by_loss[m.loss]))
     if scores is None:
@@ -193,6 +194,7 @@ def shared_pass(
             cache=common["cache"],
             progress=progress,
             nb_samp=common["nb_samp"],
+            precision=precision,
         )
     else:
         scores = _rescore(scores, str(sc["score"]))
@@ -248,6 +250,7 @@ def cell_rows(
             "order": res.settings.get("order"),
             "class_mix": str(res.settings.get("class_mix", "")),
             "nonfinite": res.settings.get("nonfinite"),
+            "sharpness_precision": res.settings.get("precision", "fp32"),
             "n_bonafide_used": res.extra.get("n_bonafide_used"),
             "n_spoof_used": res.extra.get("n_spoof_used"),
             "value_bonafide": _nan_to_none((res.extra.get("per_class") or {}).get("bonafide")),
@@ -288,6 +291,7 @@ def _base_row(cell: Cell, loaded: Any, metrics: dict[str, Any], wall: float, num
         "n_spoof": metrics["n_spoof"],
         "crop": cell.scoring["crop"],
         "score_type": cell.scoring["score"],
+        "precision": cell.scoring.get("precision", "fp32"),  # scores + EER (the value: sharpness_precision)
         "batch_size": cell.scoring["batch_size"],
         "wall_s": round(wall, 3),
         "checkpoint_sha256": getattr(loaded, "sha256", None),

@@ -187,7 +187,7 @@ def load_study(path: str | Path) -> Study:
 
 # Keys the sweep runner reads from ``scoring:`` beyond the defaults (each checked, none defaulted here, so
 # a study that does not set them keeps its cell ids).
-SCORING_OPTIONAL = ("order", "class_mix", "nonfinite", "pool_arch")
+SCORING_OPTIONAL = ("order", "class_mix", "nonfinite", "pool_arch", "precision")
 ORDER_POLICIES = ("manifest", "shuffled", "balanced")
 CLASS_MIX = ("dataset", "equal")
 NONFINITE = ("error", "drop", "cap")
@@ -246,6 +246,13 @@ def _scoring(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
             check_score_type(scoring["score"])
     except SharpscopeError as exc:
         problems.append(f"scoring.score: {exc}")
+    if "precision" in sc:
+        from ..devices import check_precision
+
+        try:
+            check_precision(sc["precision"], "scoring.precision")
+        except SharpscopeError as exc:
+            problems.append(str(exc))
     problems.extend(_policy_problems(sc, "scoring"))
     return scoring
 
