@@ -4,7 +4,7 @@ A study is a YAML file (see ``analyses/demo.yaml``)::
 
     name: demo
     seeds: [0]
-    scoring: {batch_size: 32, crop: first, score: bonafide-logit}
+    scoring: {batch_size: 32, crop: first, score: bonafide-logit}   # optional: precision: bf16 (default fp32)
     checkpoints:
       - path: zoo/*/best.safetensors      # a path or a glob; relative to the spec file
         arch: aasist
