@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import PRECISIONS, autocast, strict_fp32
+from ..devices import autocast, check_precision, strict_fp32
 from ..errors import SharpscopeError
 from ..losses import Loss, make_loss
 from ..models.outputs import length_groups, logits_of, output_layout
@@ -89,8 +89,7 @@ class CommonSettings(DriverSettings):
 
     def validate(self) -> None:
         super().validate()
-        if self.precision not in PRECISIONS:
-            raise SharpscopeError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision, "precision")
         if int(self.per_layer) < 0:
             raise SharpscopeError(f"per_layer must be 0 (off) or a name depth >= 1, got {self.per_layer}")
         mb = self.micro_batch
